@@ -1,0 +1,308 @@
+"""The LongTake denoiser: a latent-video transformer over a window of chunks, with memory.
+
+Shapes: latents `[B, C, T, H, W]` with `T = chunks * chunk_frames`; timesteps `[B, T]`, one per latent
+frame, `t = 1` pure noise. The model predicts the velocity `v = eps - x0`, so that
+`x_t = (1 - t) * x0 + t * eps` moves along `dx/dt = v` and an Euler step is `x += (t_next - t) * v`.
+
+Every block modulates each latent frame's tokens with that frame's own adaLN-Zero shift/scale/gate,
+so one model serves uniform, chunk-autoregressive and progressive noise layouts. Positions are
+relative to the window: a learned spatial embedding and rotary embeddings over the frame index
+inside the window; absolute time never enters, so a video can run as long as one likes.
+
+Memory (`cfg.memory`), read inside every block and written only by `write`:
+- `none`: the window alone.
+- `malt`: per layer, a fixed set of slot vectors. Read: window tokens attend to the layer's slots
+  through a gated cross-attention. Write: a lightly noised clean pass of the chunk leaving the
+  window, after which each layer's slots attend to `[slots; chunk tokens]` and are updated through a
+  learned gate.
+- `lstm`: in `cfg.lstm_layers`, an LSTM per spatial position scans the window's frames starting from
+  the committed state and feeds its output back through a gate. A write scans the leaving chunk and
+  makes the result the new committed state.
+
+All read gates start at zero, so an untrained memory leaves the model exactly as `none` would.
+The memory state is a plain `dict[str, Tensor]` of fixed size: it never grows with video length.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from .config import DenoiserConfig
+
+State = dict[str, torch.Tensor]
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding of `t` in [0, 1], any shape; computed in float32 whatever the model dtype."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    angles = t.float()[..., None] * 1000.0 * freqs
+    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
+
+
+def rotary_tables(frames: int, tokens_per_frame: int, head_dim: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin tables `[frames * tokens_per_frame, head_dim]` for rotary embedding of the frame index."""
+    half = head_dim // 2
+    freqs = 1.0 / (10000.0 ** (torch.arange(half, device=device, dtype=torch.float32) / half))
+    index = torch.arange(frames, device=device, dtype=torch.float32).repeat_interleave(tokens_per_frame)
+    angles = index[:, None] * freqs
+    return torch.cat([angles.cos(), angles.cos()], -1), torch.cat([angles.sin(), angles.sin()], -1)
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    first, second = x.chunk(2, dim=-1)
+    return x * cos.to(x.dtype) + torch.cat([-second, first], dim=-1) * sin.to(x.dtype)
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """x `[B, T, P, D]` (P tokens per frame); shift/scale `[B, T, D]`, one per latent frame."""
+    return x * (1 + scale[:, :, None]) + shift[:, :, None]
+
+
+class Attention(nn.Module):
+    """Multi-head attention with RMS-normalised queries and keys (keeps logits tame in long rollouts)."""
+
+    def __init__(self, width: int, heads: int, context_width: int | None = None):
+        super().__init__()
+        self.heads = heads
+        self.q = nn.Linear(width, width)
+        self.kv = nn.Linear(context_width or width, 2 * width)
+        self.q_norm = nn.RMSNorm(width // heads)
+        self.k_norm = nn.RMSNorm(width // heads)
+        self.out = nn.Linear(width, width)
+
+    def split(self, x: torch.Tensor, projection: nn.Linear, parts: int) -> list[torch.Tensor]:
+        y = projection(x)
+        return list(rearrange(y, "... n (k h d) -> k ... h n d", k=parts, h=self.heads))
+
+    def forward(self, x, context, mask=None, rotary=None):
+        """x `[..., N, D]` queries, context `[..., M, Dc]`; mask broadcastable to `[..., heads, N, M]`."""
+        (q,) = self.split(x, self.q, 1)
+        k, v = self.split(context, self.kv, 2)
+        q, k = self.q_norm(q), self.k_norm(k)
+        if rotary is not None:
+            q, k = rotate(q, *rotary), rotate(k, *rotary)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.out(rearrange(y, "... h n d -> ... n (h d)"))
+
+
+class MaltMemory(nn.Module):
+    """One layer's memory slots: a gated read by the window, a gated update from a leaving chunk."""
+
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        self.read_norm = nn.LayerNorm(width, elementwise_affine=False)
+        self.slot_norm = nn.LayerNorm(width)
+        self.read = Attention(width, heads)
+        self.read_gate = nn.Parameter(torch.zeros(width))
+        self.write_norm = nn.LayerNorm(width)
+        self.write = Attention(width, heads)
+        self.update_gate = nn.Linear(2 * width, width)
+
+    def forward(self, x: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+        """What the window tokens `x [B, N, D]` take from `slots [B, S, D]`, gated."""
+        return torch.tanh(self.read_gate) * self.read(self.read_norm(x), self.slot_norm(slots))
+
+    def update(self, slots: torch.Tensor, chunk_tokens: torch.Tensor) -> torch.Tensor:
+        context = self.write_norm(torch.cat([slots, chunk_tokens], dim=1))
+        proposal = slots + self.write(self.write_norm(slots), context)
+        keep = torch.sigmoid(self.update_gate(torch.cat([slots, proposal], dim=-1)))
+        return keep * slots + (1 - keep) * proposal
+
+
+class LstmMemory(nn.Module):
+    """An LSTM per spatial position over frames; its output re-enters the tokens through a gate."""
+
+    def __init__(self, width: int, hidden: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(width, elementwise_affine=False)
+        self.cell = nn.LSTMCell(width, hidden)
+        self.out = nn.Linear(hidden, width)
+        self.gate = nn.Parameter(torch.zeros(width))
+
+    def scan(self, x: torch.Tensor, h: torch.Tensor, c: torch.Tensor):
+        """x `[B, T, P, D]`, state `[B, P, H]`: outputs `[B, T, P, H]` and the state after the last frame."""
+        batch, frames, positions, _ = x.shape
+        inputs = self.norm(x)
+        h, c = h.reshape(batch * positions, -1), c.reshape(batch * positions, -1)
+        outputs = []
+        for f in range(frames):
+            h, c = self.cell(inputs[:, f].reshape(batch * positions, -1), (h, c))
+            outputs.append(h.view(batch, positions, -1))
+        shape = (batch, positions, -1)
+        return torch.stack(outputs, dim=1), h.view(shape), c.view(shape)
+
+    def forward(self, x, h, c):
+        outputs, h, c = self.scan(x, h, c)
+        return torch.tanh(self.gate) * self.out(outputs), h, c
+
+
+class Block(nn.Module):
+    """adaLN-Zero transformer block: window self-attention, memory read, text cross-attention, MLP."""
+
+    def __init__(self, cfg: DenoiserConfig, lstm: bool):
+        super().__init__()
+        width = cfg.width
+        self.norm1 = nn.LayerNorm(width, elementwise_affine=False)
+        self.attn = Attention(width, cfg.heads)
+        self.malt = MaltMemory(width, cfg.heads) if cfg.memory == "malt" else None
+        self.lstm = LstmMemory(width, cfg.lstm_width) if lstm else None
+        self.norm2 = nn.LayerNorm(width)
+        self.cross = Attention(width, cfg.heads, context_width=cfg.text_width)
+        self.norm3 = nn.LayerNorm(width, elementwise_affine=False)
+        hidden = int(width * cfg.mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, width))
+        # Six vectors per latent frame: shift, scale, gate for attention and for the MLP.
+        self.modulation = nn.Linear(width, 6 * width)
+        nn.init.zeros_(self.modulation.weight)
+        nn.init.zeros_(self.modulation.bias)
+
+    def forward(self, x, cond, text, text_bias, mask, rotary, memory):
+        """x `[B, T, P, D]`; cond `[B, T, D]`; text `[B, N, L, Dt]` per chunk; memory: this layer's
+        slots `[B, S, D]`, or `(h, c)` for an LSTM layer, or None. Returns x and the LSTM's end state."""
+        batch, frames, positions, width = x.shape
+        chunks = text.shape[1]
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(cond).chunk(6, dim=-1)
+
+        h = modulate(self.norm1(x), shift1, scale1).reshape(batch, frames * positions, width)
+        h = self.attn(h, h, mask=mask, rotary=rotary).view(batch, frames, positions, width)
+        x = x + gate1[:, :, None] * h
+
+        lstm_end = None
+        if self.malt is not None:
+            read = self.malt(x.reshape(batch, frames * positions, width), memory)
+            x = x + read.view(batch, frames, positions, width)
+        if self.lstm is not None:
+            read, *lstm_end = self.lstm(x, *memory)
+            x = x + read
+
+        # Each chunk's tokens read that chunk's own prompt, so prompts can change from chunk to chunk.
+        per_chunk = self.norm2(x).reshape(batch, chunks, -1, width)
+        x = x + self.cross(per_chunk, text, mask=text_bias[:, :, None, None, :]).view_as(x)
+
+        h = self.mlp(modulate(self.norm3(x), shift2, scale2))
+        return x + gate2[:, :, None] * h, lstm_end
+
+
+class Denoiser(nn.Module):
+    def __init__(self, cfg: DenoiserConfig):
+        super().__init__()
+        self.cfg = cfg
+        width = cfg.width
+        patch_dim = cfg.latent_channels * cfg.patch ** 2
+        self.patch_in = nn.Linear(patch_dim, width)
+        self.spatial_position = nn.Parameter(torch.randn(cfg.tokens_per_frame, width) * 0.02)
+        self.time_mlp = nn.Sequential(nn.Linear(256, width), nn.SiLU(), nn.Linear(width, width))
+        self.text_pool = nn.Linear(cfg.text_width, width)
+        lstm_layers = set(cfg.lstm_layers) if cfg.memory == "lstm" else set()
+        self.blocks = nn.ModuleList(Block(cfg, i in lstm_layers) for i in range(cfg.depth))
+        self.final_norm = nn.LayerNorm(width, elementwise_affine=False)
+        self.final_modulation = nn.Linear(width, 2 * width)
+        self.patch_out = nn.Linear(width, patch_dim)
+        for layer in (self.final_modulation, self.patch_out):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+        if cfg.memory == "malt":
+            self.initial_slots = nn.Parameter(torch.randn(cfg.depth, cfg.memory_slots, width) * 0.02)
+
+    # ----- memory state -----
+    @property
+    def lstm_layers(self) -> list[int]:
+        return [i for i, block in enumerate(self.blocks) if block.lstm is not None]
+
+    def initial_state(self, batch: int = 1) -> State:
+        """The memory before anything was written: fixed shapes, float32, detached from training."""
+        cfg, device = self.cfg, self.patch_in.weight.device
+        if cfg.memory == "malt":
+            return {"malt.slots": self.initial_slots.detach().float()[None].repeat(batch, 1, 1, 1)}
+        if cfg.memory == "lstm":
+            shape = (batch, len(self.lstm_layers), cfg.tokens_per_frame, cfg.lstm_width)
+            return {"lstm.h": torch.zeros(shape, device=device), "lstm.c": torch.zeros(shape, device=device)}
+        return {}
+
+    def _layer_memory(self, state: State, layer: int):
+        if self.cfg.memory == "malt":
+            return state["malt.slots"][:, layer]
+        if self.blocks[layer].lstm is not None:
+            k = self.lstm_layers.index(layer)
+            return state["lstm.h"][:, k], state["lstm.c"][:, k]
+        return None
+
+    # ----- forward -----
+    def block_mask(self, chunks: int, device) -> torch.Tensor | None:
+        """Boolean `[N, N]` token mask: True where attention is allowed (a chunk sees itself and earlier)."""
+        if not self.cfg.block_causal or chunks == 1:
+            return None
+        per_chunk = self.cfg.chunk_frames * self.cfg.tokens_per_frame
+        chunk_of = torch.arange(chunks, device=device).repeat_interleave(per_chunk)
+        return chunk_of[None, :] <= chunk_of[:, None]
+
+    def _run(self, x, t, text, text_bias, state):
+        """Shared body of `forward` and `write`: returns the final tokens and each layer's outputs."""
+        cfg = self.cfg
+        batch, _, frames, height, _ = x.shape
+        if frames % cfg.chunk_frames:
+            raise ValueError(f"the window has {frames} latent frames, not a multiple of the chunk's {cfg.chunk_frames}")
+        if t.shape != (batch, frames):
+            raise ValueError(f"timesteps have shape {tuple(t.shape)}, expected one per latent frame {(batch, frames)}")
+        chunks = frames // cfg.chunk_frames
+        if text.dim() == 3:  # one prompt for the whole window
+            text, text_bias = text[:, None].expand(-1, chunks, -1, -1), text_bias[:, None].expand(-1, chunks, -1)
+        if text.shape[1] != chunks:
+            raise ValueError(f"conditioning has {text.shape[1]} chunks, the window {chunks}")
+
+        tokens = rearrange(x, "b c t (h p) (w q) -> b t (h w) (c p q)", p=cfg.patch, q=cfg.patch)
+        h = self.patch_in(tokens) + self.spatial_position
+
+        weights = torch.softmax(text_bias, dim=-1)[..., None]
+        pooled = self.text_pool((weights * text).sum(-2))
+        cond = self.time_mlp(timestep_embedding(t, 256).to(h.dtype)) + pooled.repeat_interleave(cfg.chunk_frames, dim=1)
+        cond = F.silu(cond)
+
+        mask = self.block_mask(chunks, x.device)
+        rotary = rotary_tables(frames, cfg.tokens_per_frame, cfg.width // cfg.heads, x.device)
+        layer_outputs, lstm_ends = [], []
+        for i, block in enumerate(self.blocks):
+            h, lstm_end = block(h, cond, text, text_bias, mask, rotary, self._layer_memory(state, i))
+            layer_outputs.append(h)
+            if lstm_end is not None:
+                lstm_ends.append(lstm_end)
+
+        shift, scale = self.final_modulation(cond).chunk(2, dim=-1)
+        out = self.patch_out(modulate(self.final_norm(h), shift, scale))
+        velocity = rearrange(out, "b t (h w) (c p q) -> b c t (h p) (w q)",
+                             h=height // cfg.patch, p=cfg.patch, q=cfg.patch)
+        return velocity, layer_outputs, lstm_ends
+
+    def forward(self, x, t, text, text_bias, state: State) -> torch.Tensor:
+        """Velocity for the window `x [B, C, T, H, W]` at per-frame times `t [B, T]`.
+
+        `text`/`text_bias`: `[B, L, Dt]`/`[B, L]` for one prompt, or `[B, N, L, Dt]`/`[B, N, L]` per chunk.
+        `state`: the memory, as from `initial_state` or `write`; it is only read here.
+        """
+        return self._run(x, t, text, text_bias, state)[0]
+
+    def write(self, state: State, chunk: torch.Tensor, text, text_bias,
+              generator: torch.Generator | None = None) -> State:
+        """The memory after `chunk` (clean latents `[B, C, chunk_frames, H, W]`) has left the window."""
+        cfg = self.cfg
+        if cfg.memory == "none":
+            return state
+        if chunk.shape[2] != cfg.chunk_frames:
+            raise ValueError(f"a memory write takes one chunk of {cfg.chunk_frames} latent frames, got {chunk.shape[2]}")
+        # The same light noise as in training, so the write pass sees inputs like those it learned from.
+        noise = torch.randn(chunk.shape, generator=generator, device=chunk.device, dtype=chunk.dtype)
+        noisy = (1 - cfg.write_noise) * chunk + cfg.write_noise * noise
+        t = torch.full(chunk.shape[:1] + chunk.shape[2:3], cfg.write_noise, device=chunk.device)
+        _, layer_outputs, lstm_ends = self._run(noisy, t, text, text_bias, state)
+        if cfg.memory == "malt":
+            slots = state["malt.slots"]
+            updated = [block.malt.update(slots[:, i].to(h.dtype), h.flatten(1, 2)).float()
+                       for i, (block, h) in enumerate(zip(self.blocks, layer_outputs))]
+            return {"malt.slots": torch.stack(updated, dim=1)}
+        return {"lstm.h": torch.stack([h for h, _ in lstm_ends], 1).float(),
+                "lstm.c": torch.stack([c for _, c in lstm_ends], 1).float()}

@@ -1,0 +1,93 @@
+import pytest
+import torch
+
+from helpers import denoiser, denoiser_inputs, randomise
+
+
+@pytest.fixture
+def model():
+    return randomise(denoiser("none"))
+
+
+@torch.no_grad()
+def test_output_has_the_shape_of_the_window(model):
+    x, t, text, bias = denoiser_inputs(model.cfg, chunks=3)
+    out = model(x, t, text, bias, model.initial_state(2))
+    assert out.shape == x.shape
+    assert torch.isfinite(out).all()
+
+
+@torch.no_grad()
+def test_changing_one_frames_timestep_changes_that_frame(model):
+    x, t, text, bias = denoiser_inputs(model.cfg, chunks=3)
+    state = model.initial_state(2)
+    before = model(x, t, text, bias, state)
+    k = 3
+    t2 = t.clone()
+    t2[:, k] = (t2[:, k] + 0.37) % 1.0
+    after = model(x, t2, text, bias, state)
+    assert (after[:, :, k] - before[:, :, k]).abs().max() > 1e-3
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("perturb", ["latents", "timestep"])
+def test_block_causal_mask_hides_later_chunks(model, perturb):
+    cfg = model.cfg
+    x, t, text, bias = denoiser_inputs(cfg, chunks=4)
+    state = model.initial_state(2)
+    before = model(x, t, text, bias, state)
+    k = 2
+    frames = slice(k * cfg.chunk_frames, (k + 1) * cfg.chunk_frames)
+    x2, t2 = x.clone(), t.clone()
+    if perturb == "latents":
+        x2[:, :, frames] += torch.randn_like(x2[:, :, frames])
+    else:
+        t2[:, frames] = (t2[:, frames] + 0.5) % 1.0
+    after = model(x2, t2, text, bias, state)
+    earlier = slice(0, k * cfg.chunk_frames)
+    assert (after[:, :, earlier] - before[:, :, earlier]).abs().max() <= 1e-6
+    assert (after[:, :, frames] - before[:, :, frames]).abs().max() > 1e-3
+
+
+@torch.no_grad()
+def test_bidirectional_attention_lets_earlier_chunks_see_later_ones():
+    model = randomise(denoiser("none", block_causal=False))
+    x, t, text, bias = denoiser_inputs(model.cfg, chunks=3)
+    state = model.initial_state(2)
+    before = model(x, t, text, bias, state)
+    x2 = x.clone()
+    x2[:, :, -2:] += 1.0
+    after = model(x2, t, text, bias, state)
+    assert (after[:, :, :2] - before[:, :, :2]).abs().max() > 1e-4
+
+
+@torch.no_grad()
+def test_position_is_relative_to_the_window(model):
+    """The same chunks give the same output wherever the window sits in the video: nothing absolute enters."""
+    x, t, text, bias = denoiser_inputs(model.cfg, chunks=2)
+    state = model.initial_state(2)
+    assert torch.equal(model(x, t, text, bias, state), model(x.clone(), t.clone(), text, bias, state))
+
+
+@torch.no_grad()
+def test_each_chunk_reads_its_own_prompt(model):
+    cfg = model.cfg
+    x, t, text, bias = denoiser_inputs(cfg, chunks=2)
+    state = model.initial_state(2)
+    per_chunk = text[:, None].repeat(1, 2, 1, 1)
+    per_chunk_bias = bias[:, None].repeat(1, 2, 1)
+    same = model(x, t, per_chunk, per_chunk_bias, state)
+    torch.testing.assert_close(same, model(x, t, text, bias, state), atol=1e-5, rtol=1e-5)
+    per_chunk[:, 1] = torch.randn_like(per_chunk[:, 1])
+    changed = model(x, t, per_chunk, per_chunk_bias, state)
+    first, second = slice(0, cfg.chunk_frames), slice(cfg.chunk_frames, None)
+    assert (changed[:, :, first] - same[:, :, first]).abs().max() <= 1e-6
+    assert (changed[:, :, second] - same[:, :, second]).abs().max() > 1e-3
+
+
+def test_bad_window_shapes_are_named(model):
+    x, t, text, bias = denoiser_inputs(model.cfg, chunks=2)
+    with pytest.raises(ValueError, match="multiple of the chunk"):
+        model(x[:, :, :3], t[:, :3], text, bias, {})
+    with pytest.raises(ValueError, match="one per latent frame"):
+        model(x, t[:, :2], text, bias, {})

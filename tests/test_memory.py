@@ -1,0 +1,99 @@
+import pytest
+import torch
+
+from helpers import denoiser, denoiser_inputs, randomise
+
+
+def chunk_of(cfg, seed):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(2, cfg.latent_channels, cfg.chunk_frames, cfg.latent_size, cfg.latent_size, generator=generator)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("mode", ["malt", "lstm"])
+def test_state_size_is_fixed_however_many_writes(mode):
+    model = randomise(denoiser(mode))
+    _, _, text, bias = denoiser_inputs(model.cfg, chunks=1)
+    state = model.initial_state(2)
+    layouts = {}
+    for writes in range(1, 201):
+        state = model.write(state, chunk_of(model.cfg, writes), text, bias)
+        if writes in (2, 200):
+            layouts[writes] = {k: (tuple(v.shape), v.dtype, v.numel() * v.element_size()) for k, v in state.items()}
+    assert layouts[2] == layouts[200]
+    assert all(torch.isfinite(v).all() for v in state.values())
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("mode", ["malt", "lstm"])
+def test_untrained_memory_reads_nothing(mode):
+    """Zero-initialised read gates and the initial state: exactly the memoryless model."""
+    plain = denoiser("none")
+    with_memory = denoiser(mode)
+    shared = {k: v for k, v in plain.state_dict().items()}
+    missing, unexpected = with_memory.load_state_dict(shared, strict=False)
+    assert not unexpected and missing  # the memory's own weights stay as initialised
+    x, t, text, bias = denoiser_inputs(plain.cfg, chunks=3)
+    expected = plain(x, t, text, bias, plain.initial_state(2))
+    got = with_memory(x, t, text, bias, with_memory.initial_state(2))
+    assert (got - expected).abs().max() <= 1e-6
+    assert (expected).abs().max() == 0  # zero-initialised output layer: make sure the comparison is real
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("mode", ["malt", "lstm"])
+def test_untrained_memory_reads_nothing_with_a_trained_backbone(mode):
+    plain = randomise(denoiser("none"))
+    with_memory = denoiser(mode)
+    with_memory.load_state_dict(plain.state_dict(), strict=False)
+    for name, p in with_memory.named_parameters():
+        if name.endswith("gate") and ("malt" in name or "lstm" in name):
+            assert torch.all(p == 0), name
+    state = with_memory.initial_state(2)
+    x, t, text, bias = denoiser_inputs(plain.cfg, chunks=3)
+    for seed in range(3):  # even a written memory is unread while the read gates are shut
+        state = with_memory.write(state, chunk_of(plain.cfg, seed), text[:, :], bias)
+    expected = plain(x, t, text, bias, plain.initial_state(2))
+    assert expected.abs().max() > 1e-2
+    assert (with_memory(x, t, text, bias, state) - expected).abs().max() <= 1e-6
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("mode", ["malt", "lstm"])
+def test_output_depends_on_what_was_written(mode):
+    model = randomise(denoiser(mode))
+    x, t, text, bias = denoiser_inputs(model.cfg, chunks=2)
+
+    def after_writes(seeds):
+        state = model.initial_state(2)
+        for seed in seeds:
+            state = model.write(state, chunk_of(model.cfg, seed), text, bias, generator=torch.Generator().manual_seed(0))
+        return model(x, t, text, bias, state)
+
+    fresh = model(x, t, text, bias, model.initial_state(2))
+    a, a_again, b = after_writes([1, 2, 3]), after_writes([1, 2, 3]), after_writes([4, 5, 6])
+    assert torch.equal(a, a_again)
+    assert (a - fresh).abs().max() > 1e-3
+    assert (a - b).abs().max() > 1e-3
+    # Order matters too: memory is a history, not a bag.
+    assert (after_writes([3, 2, 1]) - a).abs().max() > 1e-4
+
+
+@torch.no_grad()
+def test_memoryless_write_keeps_the_empty_state():
+    model = denoiser("none")
+    _, _, text, bias = denoiser_inputs(model.cfg, chunks=1)
+    assert model.write({}, chunk_of(model.cfg, 0), text, bias) == {}
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("mode", ["malt", "lstm"])
+def test_state_is_plain_tensors_that_safetensors_can_hold(tmp_path, mode):
+    from safetensors.torch import load_file, save_file
+    model = randomise(denoiser(mode))
+    _, _, text, bias = denoiser_inputs(model.cfg, chunks=1)
+    state = model.write(model.initial_state(2), chunk_of(model.cfg, 0), text, bias)
+    save_file(state, tmp_path / "state.safetensors")
+    loaded = load_file(tmp_path / "state.safetensors")
+    assert loaded.keys() == state.keys()
+    assert all(torch.equal(loaded[k], state[k]) for k in state)

@@ -1,0 +1,1 @@
+"""The demo world and the training of the VAE and denoiser."""
