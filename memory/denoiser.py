@@ -286,16 +286,19 @@ class Denoiser(nn.Module):
         """
         return self._run(x, t, text, text_bias, state)[0]
 
-    def write(self, state: State, chunk: torch.Tensor, text, text_bias,
-              generator: torch.Generator | None = None) -> State:
-        """The memory after `chunk` (clean latents `[B, C, chunk_frames, H, W]`) has left the window."""
+    def write(self, state: State, chunk: torch.Tensor, text, text_bias, noise: torch.Tensor | None = None) -> State:
+        """The memory after `chunk` (clean latents `[B, C, chunk_frames, H, W]`) has left the window.
+
+        `text`/`text_bias` are the chunk's own conditioning; `noise` (like `chunk`) the write pass's noise.
+        """
         cfg = self.cfg
         if cfg.memory == "none":
             return state
         if chunk.shape[2] != cfg.chunk_frames:
             raise ValueError(f"a memory write takes one chunk of {cfg.chunk_frames} latent frames, got {chunk.shape[2]}")
-        # The same light noise as in training, so the write pass sees inputs like those it learned from.
-        noise = torch.randn(chunk.shape, generator=generator, device=chunk.device, dtype=chunk.dtype)
+        # The same light noise as in training, so the write pass sees inputs like those it learned from;
+        # the caller may pass it in so that a run is reproducible however it was split.
+        noise = torch.randn_like(chunk) if noise is None else noise
         noisy = (1 - cfg.write_noise) * chunk + cfg.write_noise * noise
         t = torch.full(chunk.shape[:1] + chunk.shape[2:3], cfg.write_noise, device=chunk.device)
         _, layer_outputs, lstm_ends = self._run(noisy, t, text, text_bias, state)

@@ -1,0 +1,354 @@
+"""The long-video loop: what the CLI, the nodes, training previews and benchmarks all run.
+
+`LongVideo` ties a model, a prompt schedule and sampler settings to one of the window samplers,
+writes each chunk into memory as it leaves the window, decodes finished chunks with the streaming VAE
+and hands out frames as they come. Nothing grows with the video's length: the window, the memory and
+the decoder's cache have fixed sizes, and frames leave as soon as they are decoded.
+
+After every finished chunk it records a boundary: the window, the memory, the decoder cache and any
+decoded frames not handed out yet. `save_state` writes the last boundary to one safetensors file, and a
+`LongVideo` built with `resume=` continues from it to exactly the frames the uninterrupted run makes.
+Noise is drawn from generators seeded by (seed, chunk index, purpose), so it does not depend on how a
+run was split.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from ..memory.model import LongTakeModel
+from .prompts import PromptSchedule
+from .schedule import check_progressive, time_grid
+from .window import Chunk, Window, progressive, replacement
+
+MODES = ("progressive", "rw", "rn")
+STATE_FORMAT = "1"
+NOISE, WRITE, RENOISE = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    mode: str = "progressive"     # progressive | rw | rn
+    steps: int = 20               # S: sampling steps every chunk goes through
+    window_chunks: int = 4        # K: noisy chunks in the window (progressive) or per block (RW/RN)
+    overlap: int = 1              # RW/RN: clean condition chunks in front of each block
+    shift: float = 1.0            # time-grid warp; > 1 spends more steps at high noise
+    guidance: float = 3.0         # classifier-free guidance scale on the text; 1 turns it off
+    seed: int = 0
+
+    def check(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"sampler mode {self.mode!r} is not one of {', '.join(MODES)}")
+        if self.steps < 1 or self.window_chunks < 1:
+            raise ValueError(f"steps ({self.steps}) and window chunks ({self.window_chunks}) must be at least 1")
+        if self.mode == "progressive":
+            check_progressive(self.steps, self.window_chunks)
+        elif self.overlap < 0:
+            raise ValueError(f"overlap must be 0 or more chunks, got {self.overlap}")
+        if not self.shift > 0:
+            raise ValueError(f"shift must be positive, got {self.shift}")
+        if not self.guidance >= 0:
+            raise ValueError(f"guidance must be 0 or more, got {self.guidance}")
+
+    def clean_in_front(self) -> int:
+        return 1 if self.mode == "progressive" else self.overlap
+
+
+@dataclass(frozen=True)
+class Progress:
+    step: int
+    steps: int
+    frames: int
+    total_frames: int
+
+
+class Cancelled(Exception):
+    """Raised inside the loop when the cancel check says so; `LongVideo.frames` ends quietly on it."""
+
+
+def seeded_noise(seed: int, index: int, purpose: int, shape, step: int = 0) -> torch.Tensor:
+    key = f"{seed}/{index}/{purpose}/{step}".encode()
+    generator = torch.Generator().manual_seed(int.from_bytes(hashlib.sha256(key).digest()[:8], "little") >> 1)
+    return torch.randn(shape, generator=generator)
+
+
+def config_fingerprint(model: LongTakeModel) -> str:
+    config = json.loads(model.config.to_json())
+    config.pop("record", None)
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class Conditioner:
+    """The model as the samplers see it: per-chunk prompts, guidance in one batched forward, memory."""
+
+    def __init__(self, model: LongTakeModel, schedule: PromptSchedule, settings: SamplerSettings,
+                 seconds_per_chunk: float, blend_chunks: int, first_index: int, memory: dict):
+        self.model, self.schedule, self.settings = model, schedule, settings
+        self.seconds_per_chunk, self.blend_chunks, self.first_index = seconds_per_chunk, blend_chunks, first_index
+        self.memory = memory
+        self._prompts: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.null = self._encode("")
+
+    def _encode(self, prompt: str):
+        if prompt not in self._prompts:
+            with torch.no_grad():
+                self._prompts[prompt] = self.model.text([prompt])
+        return self._prompts[prompt]
+
+    def conditioning(self, index: int):
+        """Text tokens `[1, L, D]` and bias `[1, L]` for chunk `index` of the video."""
+        weights = self.schedule.weights(index - self.first_index, self.seconds_per_chunk, self.blend_chunks)
+        parts = [self._encode(prompt) for prompt, _ in weights]
+        if len(parts) == 1:
+            return parts[0]
+        from ..memory.text import blend
+        return blend(parts[0], parts[1], weights[1][1])
+
+    def denoise(self, x: torch.Tensor, t: torch.Tensor, indexes: list[int]) -> torch.Tensor:
+        tokens, bias = stack([self.conditioning(i) for i in indexes])
+        guidance = self.settings.guidance
+        if guidance == 1:
+            return self.model.denoiser(x, t, tokens, bias, self.memory)
+        null_tokens, null_bias = stack([self.null] * len(indexes), length=tokens.shape[2])
+        memory = {k: torch.cat([v, v]) for k, v in self.memory.items()}
+        both = self.model.denoiser(torch.cat([x, x]), torch.cat([t, t]), torch.cat([tokens, null_tokens]),
+                                   torch.cat([bias, null_bias]), memory)
+        conditional, unconditional = both.chunk(2)
+        return unconditional + guidance * (conditional - unconditional)
+
+    def leave(self, chunk: Chunk) -> None:
+        noise = seeded_noise(self.settings.seed, chunk.index, WRITE, chunk.latents.shape)
+        tokens, bias = self.conditioning(chunk.index)
+        self.memory = self.model.denoiser.write(self.memory, chunk.latents, tokens, bias,
+                                                noise=noise.to(chunk.latents.device, chunk.latents.dtype))
+
+
+def stack(conditionings, length: int | None = None):
+    """Per-chunk conditionings `[1, L_i, D]` padded to one length: `[1, N, L, D]` and `[1, N, L]`."""
+    length = max(length or 0, max(c[0].shape[1] for c in conditionings))
+    tokens = torch.stack([F.pad(c[0], (0, 0, 0, length - c[0].shape[1])) for c in conditionings], dim=1)
+    bias = torch.stack([F.pad(c[1], (0, length - c[1].shape[1]), value=-math.inf) for c in conditionings], dim=1)
+    return tokens, bias
+
+
+@dataclass
+class Boundary:
+    """Everything needed to continue after the last finished chunk."""
+    window: Window
+    memory: dict
+    decoder: dict | None
+    pending: torch.Tensor | None     # decoded frames `[3, n, H, W]` not handed out yet
+    chunks_done: int                 # chunks finished since the very start (all runs)
+    frames_done: int                 # frames handed out since the very start (all runs)
+
+
+class LongVideo:
+    """One long video: iterate `frames()` for pixel chunks `[3, n, H, W]` in [-1, 1], in order.
+
+    Every check happens in the constructor, before any work. `progress(Progress)` and `cancel() -> bool`
+    are called on every sampler step; on cancel, `frames()` stops after what was made and
+    `cancelled` is set. `resumable=True` keeps the window full to the end (no drain), so that a state
+    saved at the end continues exactly; states saved after a cancel or an interruption always do.
+    """
+
+    def __init__(self, model: LongTakeModel, prompts: PromptSchedule | str, seconds: float, fps: float,
+                 settings: SamplerSettings = SamplerSettings(), *, start: torch.Tensor | None = None,
+                 resume: str | Path | None = None, blend_chunks: int = 2, resumable: bool = False,
+                 progress: Callable[[Progress], None] | None = None, cancel: Callable[[], bool] | None = None):
+        if not seconds > 0:
+            raise ValueError(f"seconds must be positive, got {seconds}")
+        if not fps > 0:
+            raise ValueError(f"fps must be positive, got {fps}")
+        if start is not None and resume is not None:
+            raise ValueError("give start frames or a state to resume, not both")
+        if blend_chunks < 0:
+            raise ValueError(f"blend chunks must be 0 or more, got {blend_chunks}")
+        self.schedule = prompts if isinstance(prompts, PromptSchedule) else PromptSchedule.parse(prompts)
+        self.model = model
+        self.fps, self.total_frames = fps, round(seconds * fps)
+        if self.total_frames < 1:
+            raise ValueError(f"{seconds} s at {fps} fps is less than one frame")
+        self.resumable, self.progress, self.cancel = resumable, progress, cancel
+        self.cancelled = False
+        self.frames_per_chunk = model.config.frames_per_chunk
+        self.latent_chunk_shape = (1, model.config.denoiser.latent_channels, model.config.denoiser.chunk_frames,
+                                   model.config.denoiser.latent_size, model.config.denoiser.latent_size)
+        if resume is not None:
+            settings, boundary = load_state(resume, model)
+        else:
+            boundary = Boundary(Window(), model.denoiser.initial_state(1), None, None, 0, 0)
+        settings.check()
+        self.settings = settings
+        self.levels = time_grid(settings.steps, settings.shift)
+        self.start_frames_done = boundary.frames_done
+        self.conditioner = Conditioner(model, self.schedule, settings, self.frames_per_chunk / fps, blend_chunks,
+                                       first_index=boundary.window.next_index - len(boundary.window.noisy)
+                                       - len(boundary.window.ready), memory=boundary.memory)
+        self.boundary = boundary
+        self.start = None if start is None else self._check_start(start)
+        pending = 0 if boundary.pending is None else boundary.pending.shape[1]
+        self.new_chunks = max(0, math.ceil((self.total_frames - pending) / self.frames_per_chunk))
+        self.total_steps = self._count_steps()
+        self.steps_done = 0
+
+    # ----- checks and counts -----
+    def _check_start(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Start frames `[3, T, H, W]` in [-1, 1], resized to the model's resolution."""
+        if pixels.dim() != 4 or pixels.shape[0] != 3:
+            raise ValueError(f"start frames must be [3, T, H, W], got shape {tuple(pixels.shape)}")
+        size = self.model.config.resolution
+        if pixels.shape[-2:] != (size, size):
+            pixels = F.interpolate(pixels.permute(1, 0, 2, 3).float(), size=(size, size), mode="area").permute(1, 0, 2, 3)
+        return pixels.clamp(-1, 1)
+
+    def _count_steps(self) -> int:
+        s, window = self.settings, self.boundary.window
+        if s.mode == "progressive":
+            in_flight = len(window.noisy)
+            cycles = self.new_chunks + s.window_chunks - 1 - in_flight if self.new_chunks else 0
+            return max(0, cycles) * (s.steps // s.window_chunks)
+        blocks = math.ceil(max(0, self.new_chunks - len(window.ready)) / s.window_chunks)
+        return blocks * s.steps
+
+    # ----- the run -----
+    def frames(self) -> Iterator[torch.Tensor]:
+        try:
+            yield from self._frames()
+        except Cancelled:
+            self.cancelled = True
+
+    def _frames(self) -> Iterator[torch.Tensor]:
+        model, boundary = self.model, self.boundary
+        remaining = self.total_frames
+        if boundary.pending is not None:
+            out = boundary.pending[:, :remaining]
+            remaining -= out.shape[1]
+            self._mark(pending=boundary.pending[:, out.shape[1]:], frames=out.shape[1])
+            yield out
+        if remaining <= 0:
+            return
+        window, decoder = copy_window(boundary.window), boundary.decoder
+        with torch.no_grad():
+            if self.start is not None:
+                decoder = self._begin_from(self.start, window)
+            sampler = self._sampler(window)
+            for finished, chunk in enumerate(sampler, 1):
+                pixels, decoder = model.vae.decode(chunk.latents, decoder)
+                pixels = pixels[0].clamp(-1, 1)
+                out, rest = pixels[:, :remaining], pixels[:, remaining:]
+                remaining -= out.shape[1]
+                self._mark(window=window, decoder=decoder, pending=rest if rest.shape[1] else None,
+                           chunks=1, frames=out.shape[1])
+                yield out
+                if finished == self.new_chunks:
+                    break
+
+    def _begin_from(self, pixels: torch.Tensor, window: Window) -> dict:
+        """Encode start frames: the last chunks become the clean front, earlier ones go to memory."""
+        model, fpc = self.model, self.frames_per_chunk
+        pad = (-pixels.shape[1]) % fpc
+        pixels = torch.cat([pixels[:, :1].expand(-1, pad, -1, -1), pixels], dim=1)[None].to(model.device)
+        encoder = decoder = None
+        chunks = []
+        count = pixels.shape[2] // fpc
+        for i in range(count):
+            piece = pixels[:, :, i * fpc:(i + 1) * fpc]
+            latents, encoder = model.vae.encode(piece, encoder)
+            _, decoder = model.vae.decode(latents, decoder)  # primes the decoder so the seam is smooth
+            chunks.append(Chunk(i - count, latents, self.settings.steps))
+        keep = self.settings.clean_in_front()
+        split = max(0, len(chunks) - keep)
+        for chunk in chunks[:split]:
+            self.conditioner.leave(chunk)
+        window.clean = chunks[split:]
+        self._mark(window=window, decoder=decoder)
+        return decoder
+
+    def _sampler(self, window: Window):
+        s, c = self.settings, self.conditioner
+        shape, device = self.latent_chunk_shape, self.model.device
+        total = None if self.resumable else window.next_index + self.new_chunks - len(window.noisy) - len(window.ready)
+
+        def noise_for(index):
+            return seeded_noise(s.seed, index, NOISE, shape).to(device)
+
+        if s.mode == "progressive":
+            return progressive(window, c.denoise, c.leave, noise_for, self.levels, s.window_chunks, total, self._step)
+        return replacement(window, c.denoise, c.leave, noise_for, self.levels, s.window_chunks, total,
+                           overlap=s.overlap, renoise=s.mode == "rw",
+                           renoise_for=lambda index, step: seeded_noise(s.seed, index, RENOISE, shape, step).to(device),
+                           on_step=self._step)
+
+    def _step(self) -> None:
+        if self.cancel is not None and self.cancel():
+            raise Cancelled
+        self.steps_done += 1
+        if self.progress is not None:
+            frames = self.boundary.frames_done - self.start_frames_done
+            self.progress(Progress(self.steps_done, self.total_steps, frames, self.total_frames))
+
+    def _mark(self, window=None, decoder=None, pending=None, chunks=0, frames=0) -> None:
+        b = self.boundary
+        self.boundary = Boundary(copy_window(window) if window is not None else b.window, self.conditioner.memory,
+                                 decoder if decoder is not None else b.decoder, pending,
+                                 b.chunks_done + chunks, b.frames_done + frames)
+
+    # ----- state -----
+    def save_state(self, path: str | Path) -> None:
+        """Write the last boundary: a later `LongVideo(resume=path)` continues from exactly there."""
+        save_state(path, self.boundary, self.settings, self.model)
+
+
+def copy_window(window: Window) -> Window:
+    return Window([copy.copy(c) for c in window.clean], [copy.copy(c) for c in window.noisy],
+                  [copy.copy(c) for c in window.ready], window.next_index)
+
+
+def save_state(path, boundary: Boundary, settings: SamplerSettings, model: LongTakeModel) -> None:
+    tensors, layout = {}, {}
+    for part in ("clean", "noisy", "ready"):
+        chunks = getattr(boundary.window, part)
+        layout[part] = [[c.index, c.steps] for c in chunks]
+        tensors.update({f"window.{part}.{i}": c.latents for i, c in enumerate(chunks)})
+    tensors.update({f"memory.{k}": v for k, v in boundary.memory.items()})
+    tensors.update({f"decoder.{k}": v for k, v in (boundary.decoder or {}).items()})
+    if boundary.pending is not None:
+        tensors["pending"] = boundary.pending
+    meta = dict(layout=layout, next_index=boundary.window.next_index, chunks_done=boundary.chunks_done,
+                frames_done=boundary.frames_done, settings=asdict(settings), model=config_fingerprint(model))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path),
+              metadata={"longtake_state": STATE_FORMAT, "generation": json.dumps(meta)})
+
+
+def load_state(path, model: LongTakeModel) -> tuple[SamplerSettings, Boundary]:
+    from ..memory.checkpoint import CheckpointError, read_header
+    header = read_header(path)
+    metadata = header.get("__metadata__") or {}
+    if metadata.get("longtake_state") != STATE_FORMAT:
+        raise CheckpointError(path, "is not a LongTake generation state (save one with --save-state or the "
+                                    "Memory State node)")
+    meta = json.loads(metadata["generation"])
+    if meta["model"] != config_fingerprint(model):
+        raise CheckpointError(path, "was saved from a different model than the one loaded; resume it with the "
+                                    "checkpoint that made it")
+    tensors = {k: v.to(model.device) for k, v in load_file(str(path)).items()}
+
+    def chunks(part):
+        return [Chunk(index, tensors[f"window.{part}.{i}"], steps) for i, (index, steps) in enumerate(meta["layout"][part])]
+
+    window = Window(chunks("clean"), chunks("noisy"), chunks("ready"), meta["next_index"])
+    memory = {k[len("memory."):]: v for k, v in tensors.items() if k.startswith("memory.")}
+    decoder = {k[len("decoder."):]: v for k, v in tensors.items() if k.startswith("decoder.")} or None
+    boundary = Boundary(window, memory, decoder, tensors.get("pending"), meta["chunks_done"], meta["frames_done"])
+    return SamplerSettings(**meta["settings"]), boundary
