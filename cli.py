@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
+from pathlib import Path
 
 
 def cmd_info(args) -> int:
@@ -31,6 +33,100 @@ def cmd_init(args) -> int:
     return 0
 
 
+SAMPLER_FLAGS = ("sampler", "steps", "window_chunks", "overlap", "shift", "guidance", "seed")
+DEMO_MODEL = Path(__file__).resolve().parent / "models" / "demo.safetensors"
+
+
+class ProgressBar:
+    """One line on stderr: steps, frames done, speed and time left."""
+
+    def __init__(self, stream=sys.stderr, width: int = 28):
+        self.stream, self.width, self.started = stream, width, time.monotonic()
+
+    def __call__(self, p) -> None:
+        elapsed = time.monotonic() - self.started
+        done = p.step / max(p.steps, 1)
+        left = elapsed / done - elapsed if done > 0 else 0.0
+        bar = "#" * int(self.width * done) + "-" * (self.width - int(self.width * done))
+        speed = p.frames / elapsed if elapsed > 0 else 0.0
+        self.stream.write(f"\r[{bar}] {p.frames}/{p.total_frames} frames  {speed:5.1f} frames/s  "
+                          f"{_clock(left)} left ")
+        self.stream.flush()
+
+    def finish(self) -> None:
+        self.stream.write("\n")
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def cmd_generate(args) -> int:
+    import numpy as np
+    import torch
+    from .memory import load_checkpoint
+    from .samplers import LongVideo, PromptSchedule, SamplerSettings, render_mp4
+    from .samplers.video import read_frames
+
+    if (args.prompt is None) == (args.schedule is None):
+        raise UsageError("give a PROMPT or --schedule FILE (one of them)")
+    schedule = (PromptSchedule.single(args.prompt) if args.prompt is not None
+                else PromptSchedule.parse(_read_text(args.schedule)))
+    given = [f"--{name.replace('_', '-')}" for name in SAMPLER_FLAGS if getattr(args, name) is not None]
+    if args.resume and given:
+        raise UsageError(f"--resume continues with the sampler settings saved in the state; leave out {' '.join(given)}")
+    defaults = SamplerSettings()
+    settings = SamplerSettings(
+        mode=args.sampler or defaults.mode, steps=args.steps or defaults.steps,
+        window_chunks=args.window_chunks or defaults.window_chunks,
+        overlap=defaults.overlap if args.overlap is None else args.overlap,
+        shift=args.shift or defaults.shift, guidance=defaults.guidance if args.guidance is None else args.guidance,
+        seed=defaults.seed if args.seed is None else args.seed)
+    settings.check()
+    start = None
+    if args.start:
+        frames = read_frames(args.start)
+        start = torch.from_numpy(frames).permute(3, 0, 1, 2).float() / 127.5 - 1
+    checkpoint = Path(args.checkpoint) if args.checkpoint else DEMO_MODEL
+    if not args.checkpoint and not DEMO_MODEL.exists():
+        raise UsageError("the bundled demo model is not in this copy of LongTake; pass --checkpoint FILE "
+                         "(`longtake init FILE` makes an untrained one to try the pipeline)")
+    torch.set_num_threads(args.threads or torch.get_num_threads())
+    model = load_checkpoint(checkpoint, device=args.device)
+    bar = ProgressBar()
+    video = LongVideo(model, schedule, args.seconds, args.fps, settings, start=start, resume=args.resume,
+                      blend_chunks=args.blend_chunks, resumable=bool(args.save_state), progress=bar)
+    started = time.monotonic()
+    interrupted = False
+    try:
+        frames = render_mp4(video, args.out)
+    except KeyboardInterrupt:
+        interrupted = True
+        from .samplers.video import probe
+        frames = probe(args.out)[0] if Path(args.out).exists() else 0
+    finally:
+        bar.finish()
+        if args.save_state:
+            video.save_state(args.save_state)
+    elapsed = time.monotonic() - started
+    how = "interrupted after" if interrupted else "wrote"
+    print(f"{how} {frames} frames ({frames / args.fps:.1f} s at {args.fps:g} fps) to {args.out} in {elapsed:.1f} s"
+          + (f"; state saved to {args.save_state}" if args.save_state else ""))
+    return 130 if interrupted else 0
+
+
+def _read_text(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError as error:
+        raise UsageError(f"cannot read the prompt schedule {path}: {error.strerror}") from None
+
+
+class UsageError(ValueError):
+    pass
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="longtake", description="Minute-long text-to-video with memory.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -44,15 +140,36 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--memory", choices=("none", "malt", "lstm"), default="malt")
     init.add_argument("--seed", type=int, default=0)
     init.set_defaults(run=cmd_init)
+
+    gen = commands.add_parser("generate", help="render a long video from a prompt or a prompt schedule")
+    gen.add_argument("prompt", nargs="?", help='what to show, e.g. "a red ball bouncing on a black background"')
+    gen.add_argument("--schedule", help="prompt schedule file: one `SECONDS: PROMPT` entry a line")
+    gen.add_argument("--seconds", type=float, default=10.0, help="length of the video (default 10)")
+    gen.add_argument("--fps", type=float, default=24.0, help="frames per second of the mp4 (default 24)")
+    gen.add_argument("--out", default="longtake.mp4", help="mp4 to write (default longtake.mp4)")
+    gen.add_argument("--checkpoint", help="a LongTake checkpoint (default: the bundled demo model)")
+    gen.add_argument("--sampler", choices=("progressive", "rw", "rn"), help="default progressive")
+    gen.add_argument("--steps", type=int, help="sampling steps per chunk (default 20)")
+    gen.add_argument("--window-chunks", type=int, help="noisy chunks in the window (default 4)")
+    gen.add_argument("--overlap", type=int, help="RW/RN: clean condition chunks (default 1)")
+    gen.add_argument("--shift", type=float, help="time-grid shift (default 1)")
+    gen.add_argument("--guidance", type=float, help="classifier-free guidance scale (default 3)")
+    gen.add_argument("--seed", type=int, help="random seed (default 0)")
+    gen.add_argument("--blend-chunks", type=int, default=2, help="chunks over which a prompt change fades in")
+    gen.add_argument("--start", help="a video or image to continue from")
+    gen.add_argument("--save-state", help="write the generation state here at the end (or on Ctrl-C)")
+    gen.add_argument("--resume", help="continue from a state saved with --save-state")
+    gen.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    gen.add_argument("--threads", type=int, help="CPU threads for torch (default: all cores)")
+    gen.set_defaults(run=cmd_generate)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .memory import CheckpointError
     try:
         return args.run(args)
-    except CheckpointError as error:
+    except (ValueError, OSError) as error:  # our own errors say what is wrong and how to fix it
         print(f"longtake: error: {error}", file=sys.stderr)
         return 2
 

@@ -202,14 +202,15 @@ class Decoder(nn.Module):
         self.stem = CausalConv3d(cfg.latent_channels, width, kernel_t)
         self.blocks = nn.ModuleList(CausalResBlock(width, kernel_t) for _ in range(time_halvings))
         self.unfolds = nn.ModuleList(TimeUnfold(width, kernel_t) for _ in range(time_halvings))
-        # No residual block at full resolution: it would cost more than all the other layers together.
+        # Nothing runs at full resolution: the last convolution makes each pixel's 2x2 block at half
+        # resolution. Full-resolution layers cost more than all the others together on CPU.
         self.spatial = nn.Sequential(*(
             layer for level in reversed(range(1, space_halvings)) for layer in (
                 Upsample2d(widths[level + 1], widths[level]),
                 ResBlock2d(widths[level]),
-            )), Upsample2d(widths[1], widths[0]))
-        self.norm_out = nn.GroupNorm(_groups(widths[0]), widths[0])
-        self.out = nn.Conv2d(widths[0], cfg.image_channels, 3, padding=1)
+            )))
+        self.norm_out = nn.GroupNorm(_groups(widths[1]), widths[1])
+        self.out = Upsample2d(widths[1], cfg.image_channels)
 
     def forward(self, latents: torch.Tensor, cache: CausalCache) -> torch.Tensor:
         x = self.stem(latents, cache)

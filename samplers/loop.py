@@ -352,3 +352,16 @@ def load_state(path, model: LongTakeModel) -> tuple[SamplerSettings, Boundary]:
     decoder = {k[len("decoder."):]: v for k, v in tensors.items() if k.startswith("decoder.")} or None
     boundary = Boundary(window, memory, decoder, tensors.get("pending"), meta["chunks_done"], meta["frames_done"])
     return SamplerSettings(**meta["settings"]), boundary
+
+
+def render_mp4(video: LongVideo, path: str | Path, crf: int = 18) -> int:
+    """Stream `video` into an mp4 while it is generated; returns the frames written.
+
+    The file is finished properly whatever ends the run (the last frame, a cancel, an error, Ctrl-C),
+    so it always plays and holds every frame made so far.
+    """
+    from .video import Mp4Writer, to_uint8_frames
+    with Mp4Writer(path, video.fps, crf=crf) as writer:
+        for pixels in video.frames():
+            writer.write(to_uint8_frames(pixels))
+    return writer.frames_written

@@ -1,0 +1,228 @@
+"""The long-video loop end to end on a small random model: frames, mp4s, resume, cancel, memory."""
+import gc
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import randomise, small_model_config
+from longtake.memory import LongTakeModel, save_checkpoint
+from longtake.samplers import LongVideo, PromptSchedule, SamplerSettings, ScheduleError, render_mp4
+from longtake.samplers.video import Mp4Writer, probe
+
+FAST = dict(steps=4, window_chunks=2)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return randomise(LongTakeModel(small_model_config("malt")), scale=0.15).eval()
+
+
+def all_frames(video):
+    return torch.cat(list(video.frames()), dim=1)
+
+
+@pytest.mark.parametrize("mode", ["progressive", "rw", "rn"])
+def test_mp4_has_exactly_seconds_times_fps_frames(model, tmp_path, mode):
+    path = tmp_path / f"{mode}.mp4"
+    video = LongVideo(model, "a red ball", seconds=1.5, fps=12, settings=SamplerSettings(mode=mode, **FAST))
+    assert render_mp4(video, path) == 18
+    frames, fps = probe(path)
+    assert frames == 18 and fps == 12
+    assert video.steps_done == video.total_steps
+
+
+def test_progressive_step_count_is_computed(model):
+    video = LongVideo(model, "a red ball", seconds=2, fps=24, settings=SamplerSettings(steps=6, window_chunks=3))
+    all_frames(video)
+    chunks = 6  # 48 frames / 8 per chunk
+    assert video.steps_done == video.total_steps == 2 * (chunks + 3 - 1)
+
+
+@pytest.mark.parametrize("mode", ["progressive", "rw", "rn"])
+def test_resumed_run_continues_with_exactly_the_same_frames(model, tmp_path, mode):
+    settings = SamplerSettings(mode=mode, steps=4, window_chunks=2, guidance=2.0, seed=7)
+    whole = all_frames(LongVideo(model, "a red ball", seconds=2, fps=12, settings=settings))
+    first = LongVideo(model, "a red ball", seconds=1, fps=12, settings=settings, resumable=True)
+    head = all_frames(first)
+    first.save_state(tmp_path / "state.safetensors")
+    rest = all_frames(LongVideo(model, "a red ball", seconds=1, fps=12, resume=tmp_path / "state.safetensors"))
+    assert head.shape[1] == rest.shape[1] == 12
+    assert torch.equal(torch.cat([head, rest], dim=1), whole)
+
+
+def test_drained_end_matches_the_resumable_end(model):
+    settings = SamplerSettings(steps=4, window_chunks=2)
+    drained = all_frames(LongVideo(model, "a blue square", seconds=1, fps=24, settings=settings))
+    kept_full = all_frames(LongVideo(model, "a blue square", seconds=1, fps=24, settings=settings, resumable=True))
+    torch.testing.assert_close(drained, kept_full, atol=1e-5, rtol=0)  # equal up to float summation order
+
+
+def test_cancel_leaves_a_playable_mp4_with_what_was_made(model, tmp_path):
+    calls = []
+
+    def cancel():
+        calls.append(1)
+        return len(calls) > 9
+
+    video = LongVideo(model, "a red ball", seconds=4, fps=24, settings=SamplerSettings(**FAST), cancel=cancel)
+    written = render_mp4(video, tmp_path / "cancelled.mp4")
+    assert video.cancelled
+    assert 0 < written < 96
+    assert probe(tmp_path / "cancelled.mp4")[0] == written
+    # The state saved after a cancel resumes: the frames continue where the file stops.
+    video.save_state(tmp_path / "state.safetensors")
+    assert video.boundary.frames_done == written
+
+
+def test_ctrl_c_still_closes_the_mp4(model, tmp_path):
+    def progress(p):
+        if p.step == 9:
+            raise KeyboardInterrupt
+
+    video = LongVideo(model, "a red ball", seconds=4, fps=24, settings=SamplerSettings(**FAST), progress=progress)
+    with pytest.raises(KeyboardInterrupt):
+        render_mp4(video, tmp_path / "interrupted.mp4")
+    frames, fps = probe(tmp_path / "interrupted.mp4")
+    assert frames == video.boundary.frames_done > 0 and fps == 24
+
+
+def live_tensor_bytes() -> int:
+    gc.collect()
+    storages = {}
+    for obj in gc.get_objects():
+        if type(obj) is torch.Tensor:  # exact type: parameters (a subclass) are the model, not the run
+            storage = obj.untyped_storage()
+            storages[storage.data_ptr()] = storage.nbytes()
+    return sum(storages.values())
+
+
+def peak_live_bytes(model, seconds):
+    peak = [0]
+
+    def progress(p):
+        if p.step % 5 == 0:
+            peak[0] = max(peak[0], live_tensor_bytes())
+
+    video = LongVideo(model, "a red ball", seconds=seconds, fps=24, settings=SamplerSettings(**FAST), progress=progress)
+    for _ in video.frames():
+        pass  # frames go wherever the caller sends them; the loop keeps none
+    return peak[0]
+
+
+def test_live_memory_does_not_grow_with_length(model):
+    short, long = peak_live_bytes(model, 4 * 8 / 24), peak_live_bytes(model, 40 * 8 / 24)
+    assert long <= short * 1.05, (short, long)
+
+
+def test_start_frames_become_the_front_chunk_and_earlier_ones_go_to_memory(model):
+    writes = []
+    original = model.denoiser.write
+
+    def counting_write(*args, **kwargs):
+        writes.append(1)
+        return original(*args, **kwargs)
+
+    start = torch.rand(3, 20, 48, 48) * 2 - 1  # 20 frames, wrong size: padded to 3 chunks, resized to 64
+    steps_at_first_write = []
+    video = LongVideo(model, "a red ball", seconds=1, fps=24, settings=SamplerSettings(**FAST), start=start,
+                      progress=lambda p: steps_at_first_write.append(len(writes)))
+    model.denoiser.write = counting_write
+    try:
+        frames = all_frames(video)
+    finally:
+        model.denoiser.write = original
+    assert frames.shape == (3, 24, 64, 64)
+    assert steps_at_first_write[0] == 2  # two of the three start chunks were written before the first step
+    assert video.boundary.window.clean[0].index == 2  # 24 frames = 3 chunks, the last is the front
+
+
+def test_guidance_is_one_batched_forward(model):
+    batches = []
+    hook = model.denoiser.register_forward_hook(lambda m, args, out: batches.append(args[0].shape[0]))
+    try:
+        for guidance in (3.0, 1.0):
+            batches.clear()
+            video = LongVideo(model, "a red ball", seconds=8 / 24, fps=24,
+                              settings=SamplerSettings(guidance=guidance, **FAST))
+            all_frames(video)
+            assert len(batches) == video.total_steps
+            assert set(batches) == ({2} if guidance != 1 else {1})
+    finally:
+        hook.remove()
+
+
+def test_prompt_schedule_changes_the_video(model):
+    settings = SamplerSettings(**FAST)
+    fixed = all_frames(LongVideo(model, "a red ball", seconds=2, fps=24, settings=settings))
+    scheduled = all_frames(LongVideo(model, "0: a red ball\n1: a blue square", seconds=2, fps=24, settings=settings))
+    assert torch.equal(fixed[:, :24], scheduled[:, :24])
+    assert not torch.equal(fixed[:, 24:], scheduled[:, 24:])
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(settings=SamplerSettings(steps=7, window_chunks=4)), "divisible by window chunks"),
+    (dict(seconds=0), "seconds must be positive"),
+    (dict(seconds=-3), "seconds must be positive"),
+    (dict(fps=0), "fps must be positive"),
+    (dict(prompts="0: a red ball\nten: a blue ball"), "line 2"),
+    (dict(settings=SamplerSettings(mode="bogus")), "not one of progressive, rw, rn"),
+])
+def test_bad_settings_fail_before_any_work(model, kwargs, message):
+    calls = []
+    hook = model.denoiser.register_forward_hook(lambda *a: calls.append(1))
+    args = dict(prompts="a red ball", seconds=1, fps=24)
+    args.update(kwargs)
+    try:
+        with pytest.raises(ValueError, match=message):
+            LongVideo(model, args.pop("prompts"), args.pop("seconds"), args.pop("fps"), **args)
+    finally:
+        hook.remove()
+    assert not calls
+
+
+def test_schedule_parsing():
+    schedule = PromptSchedule.parse("# story\n0: a red ball\n\n20.5: a blue ball moving left\n")
+    assert schedule.entries == ((0.0, "a red ball"), (20.5, "a blue ball moving left"))
+    assert PromptSchedule.parse("a red ball").entries == ((0.0, "a red ball"),)
+    with pytest.raises(ScheduleError, match="line 3"):
+        PromptSchedule.parse("0: a\n5: b\n3: c")
+    with pytest.raises(ScheduleError, match="line 1: the first entry must be at 0"):
+        PromptSchedule.parse("4: a\n8: b")
+
+
+def test_schedule_blends_linearly_over_chunks():
+    schedule = PromptSchedule.parse("0: a\n1: b")
+    weights = [schedule.weights(c, 1 / 3, 2) for c in range(2, 7)]
+    assert weights == [[("a", 1.0)], [("a", pytest.approx(2 / 3)), ("b", pytest.approx(1 / 3))],
+                       [("a", pytest.approx(1 / 3)), ("b", pytest.approx(2 / 3))], [("b", 1.0)], [("b", 1.0)]]
+
+
+def test_mp4_writer_pads_odd_sizes(tmp_path):
+    with Mp4Writer(tmp_path / "odd.mp4", fps=10) as writer:
+        writer.write(np.zeros((5, 33, 35, 3), np.uint8))
+    assert probe(tmp_path / "odd.mp4") == (5, 10)
+
+
+def test_cli_generate_resume_and_errors(model, tmp_path, capsys):
+    from longtake.cli import main
+    checkpoint = tmp_path / "model.safetensors"
+    save_checkpoint(model, checkpoint)
+    common = ["--checkpoint", str(checkpoint), "--steps", "4", "--window-chunks", "2", "--fps", "12"]
+    assert main(["generate", "a red ball", "--seconds", "1", "--out", str(tmp_path / "a.mp4"),
+                 "--save-state", str(tmp_path / "s.safetensors"), *common]) == 0
+    assert probe(tmp_path / "a.mp4") == (12, 12)
+    assert main(["generate", "a red ball", "--seconds", "1", "--out", str(tmp_path / "b.mp4"),
+                 "--checkpoint", str(checkpoint), "--fps", "12", "--resume", str(tmp_path / "s.safetensors")]) == 0
+    assert probe(tmp_path / "b.mp4")[0] == 12
+    capsys.readouterr()
+    assert main(["generate", "a red ball", "--out", str(tmp_path / "c.mp4"), "--start", str(tmp_path / "nope.mp4"),
+                 *common]) == 2
+    assert "nope.mp4: no such file" in capsys.readouterr().err
+    assert not (tmp_path / "c.mp4").exists()
+    schedule = tmp_path / "story.txt"
+    schedule.write_text("0: a red ball\nlater: a blue ball\n")
+    assert main(["generate", "--schedule", str(schedule), "--out", str(tmp_path / "d.mp4"), *common]) == 2
+    assert "line 2" in capsys.readouterr().err
+    assert not (tmp_path / "d.mp4").exists()
