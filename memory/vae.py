@@ -1,13 +1,15 @@
 """The LongTake causal video VAE: `time_factor` frames x `space_factor`^2 pixels become one latent vector.
 
 With the default config, pixels `[B, 3, T, H, W]` in [-1, 1] become latents `[B, 8, T/4, H/8, W/8]`:
-a 64x64 video at 24 fps turns into 8x8 latent frames at 6 per second, 192x fewer numbers.
+a 64x64 video at 24 fps turns into 8x8 latent frames at 6 per second, 96x fewer numbers.
 
 Compression happens in two places. Space is reduced first, by per-frame 2D convolutions with stride-2
 downsampling: these layers run at high resolution, where temporal convolutions would be expensive.
 Time is reduced only at latent resolution, by folding each pair of consecutive frames into channels;
 causal 3D convolutions around those folds mix information across frames. The decoder mirrors this:
-causal 3D convolutions and depth-to-time unfolds at latent resolution, then per-frame 2D upsampling.
+causal 3D convolutions and depth-to-time unfolds at latent resolution, then per-frame 2D upsampling
+by pixel shuffle. Its last convolution runs at half resolution and makes each 2x2 block of output
+pixels: on CPU, any layer at full resolution would cost more than the rest of the decoder.
 
 Everything is causal: latent frame `i` depends only on video frames up to `time_factor * (i + 1) - 1`,
 and decoded frame `f` only on latent frames up to `f // time_factor`. A causal convolution of temporal
@@ -31,10 +33,11 @@ from .config import VAEConfig
 Cache = dict[str, torch.Tensor]
 
 
-def _halvings(name: str, factor: int) -> int:
-    """How many x2 steps make up `factor`; the architecture only stacks x2 stages."""
-    if factor < 1 or factor & (factor - 1):
-        raise ValueError(f"VAE {name} must be a power of two (the model stacks x2 stages), got {factor}")
+def _halvings(name: str, factor: int, at_least: int) -> int:
+    """How many x2 stages make up `factor`: the architecture has no other way to compress."""
+    if factor < at_least or factor & (factor - 1):
+        raise ValueError(f"VAE {name} must be a power of two >= {at_least} (the model stacks x2 stages), "
+                         f"got {factor}")
     return factor.bit_length() - 1
 
 
@@ -63,15 +66,15 @@ class CausalCache:
         return past.to(x)
 
     def keep(self, key: str, frames: torch.Tensor) -> None:
-        # A copy, so the cache does not pin the whole input of this call in memory.
+        # A contiguous copy: safetensors needs one, and a view would pin this call's whole input in memory.
         self.next[key] = frames.clone(memory_format=torch.contiguous_format)
 
 
 class CausalConv3d(nn.Module):
     """Kernel (k, 3, 3) over the current frame and the k - 1 before it, that past taken from the cache.
 
-    It runs as a 2D convolution over the k frames stacked in channels: on CPU, PyTorch's Conv3d is about
-    3x slower for these small, short inputs.
+    It runs as a 2D convolution over the k frames stacked in channels, oldest first: on CPU, PyTorch's
+    Conv3d is about 3x slower for these small, short inputs.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_t: int):
@@ -113,7 +116,7 @@ class ResBlock2d(nn.Module):
 
 
 class CausalResBlock(nn.Module):
-    """Residual block of two causal 3D convolutions: the only place where frames exchange information."""
+    """Residual block of two causal 3D convolutions, normalised frame by frame."""
 
     def __init__(self, channels: int, kernel_t: int):
         super().__init__()
@@ -132,10 +135,11 @@ class TimeFold(nn.Module):
 
     def __init__(self, channels: int):
         super().__init__()
-        self.conv = nn.Conv3d(2 * channels, channels, (1, 3, 3), padding=(0, 1, 1))
+        self.conv = nn.Conv2d(2 * channels, channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(rearrange(x, "b c (t two) h w -> b (c two) t h w", two=2))
+        pairs = rearrange(x, "b c (t two) h w -> (b t) (c two) h w", two=2)
+        return rearrange(self.conv(pairs), "(b t) c h w -> b c t h w", b=x.shape[0])
 
 
 class TimeUnfold(nn.Module):
@@ -202,8 +206,7 @@ class Decoder(nn.Module):
         self.stem = CausalConv3d(cfg.latent_channels, width, kernel_t)
         self.blocks = nn.ModuleList(CausalResBlock(width, kernel_t) for _ in range(time_halvings))
         self.unfolds = nn.ModuleList(TimeUnfold(width, kernel_t) for _ in range(time_halvings))
-        # Nothing runs at full resolution: the last convolution makes each pixel's 2x2 block at half
-        # resolution. Full-resolution layers cost more than all the others together on CPU.
+        # Nothing runs at full resolution (see the module docstring): `out` makes 2x2 pixel blocks.
         self.spatial = nn.Sequential(*(
             layer for level in reversed(range(1, space_halvings)) for layer in (
                 Upsample2d(widths[level + 1], widths[level]),
@@ -226,8 +229,9 @@ class CausalVideoVAE(nn.Module):
 
     def __init__(self, cfg: VAEConfig):
         super().__init__()
-        space_halvings = _halvings("space_factor", cfg.space_factor)
-        time_halvings = _halvings("time_factor", cfg.time_factor)
+        # The decoder's last layer works at half resolution, so there must be at least one spatial stage.
+        space_halvings = _halvings("space_factor", cfg.space_factor, at_least=2)
+        time_halvings = _halvings("time_factor", cfg.time_factor, at_least=1)
         if cfg.temporal_kernel < 1:
             raise ValueError(f"VAE temporal_kernel must be at least 1, got {cfg.temporal_kernel}")
         self.cfg = cfg
@@ -243,7 +247,8 @@ class CausalVideoVAE(nn.Module):
     def _check_pixels(self, pixels: torch.Tensor) -> None:
         cfg = self.cfg
         if pixels.ndim != 5 or pixels.shape[1] != cfg.image_channels:
-            raise ValueError(f"VAE pixels must be [B, {cfg.image_channels}, T, H, W], got {tuple(pixels.shape)}")
+            raise ValueError(f"VAE pixels must be [B, {cfg.image_channels}, T, H, W], "
+                             f"got {tuple(pixels.shape)}")
         frames, height, width = pixels.shape[2:]
         if frames == 0 or frames % cfg.time_factor:
             raise ValueError(f"VAE input has {frames} frames; the frame count must be a positive multiple "
@@ -258,13 +263,13 @@ class CausalVideoVAE(nn.Module):
         mean, logvar = self.encoder(pixels, state).chunk(2, dim=1)
         return mean, logvar, state.next
 
-    def _stat(self, buffer: torch.Tensor) -> torch.Tensor:
+    def _per_channel(self, buffer: torch.Tensor) -> torch.Tensor:
         return buffer.view(1, -1, 1, 1, 1)
 
     def encode(self, pixels: torch.Tensor, cache: Cache | None = None) -> tuple[torch.Tensor, Cache]:
         """Normalised latent means of `pixels`; `cache=None` starts a video, pass the returned cache on."""
         mean, _, cache = self._encode(pixels, cache)
-        return (mean - self._stat(self.latent_mean)) / self._stat(self.latent_std), cache
+        return (mean - self._per_channel(self.latent_mean)) / self._per_channel(self.latent_std), cache
 
     def moments(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Un-normalised (mean, logvar) of a whole clip from its start, for training."""
@@ -273,10 +278,14 @@ class CausalVideoVAE(nn.Module):
         return mean, logvar.clamp(-30.0, 20.0)
 
     def decode(self, latents: torch.Tensor, cache: Cache | None = None) -> tuple[torch.Tensor, Cache]:
-        """Pixels `[B, 3, time_factor * T, space_factor * h, space_factor * w]`, unclamped; cache as in encode."""
+        """Pixels `[B, 3, time_factor * T, space_factor * h, space_factor * w]`, not clamped to [-1, 1].
+
+        `latents` are normalised, as `encode` returns them; the cache works as in `encode`.
+        """
         channels = self.cfg.latent_channels
         if latents.ndim != 5 or latents.shape[1] != channels or latents.shape[2] == 0:
-            raise ValueError(f"VAE latents must be [B, {channels}, T, h, w] with T >= 1, got {tuple(latents.shape)}")
+            raise ValueError(f"VAE latents must be [B, {channels}, T, h, w] with T >= 1, "
+                             f"got {tuple(latents.shape)}")
         state = CausalCache(cache)
-        latents = latents * self._stat(self.latent_std) + self._stat(self.latent_mean)
+        latents = latents * self._per_channel(self.latent_std) + self._per_channel(self.latent_mean)
         return self.decoder(latents, state), state.next
