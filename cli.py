@@ -116,6 +116,57 @@ def cmd_generate(args) -> int:
     return 130 if interrupted else 0
 
 
+def cmd_train(args) -> int:
+    import dataclasses
+    import shutil
+    from .memory import DenoiserConfig, ModelConfig, TextConfig, load_checkpoint
+    from .training.data import DemoWorld, VideoFolder
+    from .training.train_denoiser import DenoiserTraining, train_denoiser
+    from .training.train_vae import VAETraining, load_trained_vae, train_vae
+    from .training.vocab import VOCAB
+
+    out = Path(args.out)
+    source = VideoFolder(args.videos, resolution=64) if args.videos else DemoWorld(seed=args.data_seed)
+    if args.stage in ("vae", "demo") and not args.init:
+        heldout = source if args.videos else DemoWorld(seed=args.data_seed + 1)
+        vae_settings = VAETraining(seed=args.data_seed)
+        if args.vae_steps:
+            vae_settings = dataclasses.replace(vae_settings, steps=args.vae_steps)
+        from .memory.config import VAEConfig
+        train_vae(source, heldout, VAEConfig(), out, vae_settings)
+    if args.stage == "vae":
+        return 0
+
+    if args.init:
+        base = load_checkpoint(args.init)
+        vae_state, config = base.vae.state_dict(), base.config
+        record = dict(base.config.record, fine_tuned_from=str(args.init))
+    else:
+        vae, vae_config, vae_record = load_trained_vae(out)
+        vocab = VOCAB + tuple(sorted(source.words() - set(VOCAB))) if args.videos else VOCAB
+        denoiser = DenoiserConfig(memory=args.memory, width=args.width, depth=args.depth, heads=args.heads)
+        config = ModelConfig(vae=vae_config, text=TextConfig(vocab=vocab), denoiser=denoiser)
+        vae_state, record = vae.state_dict(), {"vae": vae_record}
+    settings = DenoiserTraining(seed=args.data_seed)
+    changes = {k: v for k, v in (("steps", args.denoiser_steps), ("batch", args.batch), ("videos", args.cache_videos))
+               if v}
+    settings = dataclasses.replace(settings, **changes)
+    record["command"] = "longtake " + " ".join(sys.argv[1:])
+    path = train_denoiser(config, vae_state, source, out, settings, record)
+    if args.ship:
+        from .memory import save_checkpoint
+        model = load_checkpoint(path)
+        DEMO_MODEL.parent.mkdir(exist_ok=True)
+        save_checkpoint(model, DEMO_MODEL, dtype=torch_half())
+        print(f"shipped {DEMO_MODEL} ({DEMO_MODEL.stat().st_size / 1e6:.1f} MB, float16)")
+    return 0
+
+
+def torch_half():
+    import torch
+    return torch.float16
+
+
 def _read_text(path: str) -> str:
     try:
         return Path(path).read_text()
@@ -162,6 +213,23 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--device", default="cpu", help="torch device (default cpu)")
     gen.add_argument("--threads", type=int, help="CPU threads for torch (default: all cores)")
     gen.set_defaults(run=cmd_generate)
+
+    train = commands.add_parser("train", help="train the VAE, the denoiser, or both (the demo model recipe)")
+    train.add_argument("stage", choices=("vae", "denoiser", "demo"), help="demo = vae then denoiser")
+    train.add_argument("--out", default="runs/demo", help="run folder: logs, resumable state, previews, model")
+    train.add_argument("--videos", help="a folder of your own videos, each with a .txt caption beside it")
+    train.add_argument("--init", help="fine-tune from this LongTake checkpoint (its VAE and vocabulary)")
+    train.add_argument("--memory", choices=("none", "malt", "lstm"), default="malt")
+    train.add_argument("--width", type=int, default=192)
+    train.add_argument("--depth", type=int, default=6)
+    train.add_argument("--heads", type=int, default=6)
+    train.add_argument("--vae-steps", type=int)
+    train.add_argument("--denoiser-steps", type=int)
+    train.add_argument("--batch", type=int, help="windows per step per process (default 16)")
+    train.add_argument("--cache-videos", type=int, help="videos encoded into the latent cache (default 1200)")
+    train.add_argument("--data-seed", type=int, default=0)
+    train.add_argument("--ship", action="store_true", help="also write the result as the bundled demo model (float16)")
+    train.set_defaults(run=cmd_train)
     return parser
 
 

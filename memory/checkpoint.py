@@ -75,10 +75,16 @@ def read_config(path: str | os.PathLike) -> ModelConfig:
         raise CheckpointError(path, f"has a config this LongTake cannot build a model from: {error}") from None
 
 
-def save_checkpoint(model: LongTakeModel, path: str | os.PathLike, config: ModelConfig | None = None) -> None:
-    """Write every part's tensors and the config (`config` overrides `model.config`, e.g. to add a record)."""
+def save_checkpoint(model: LongTakeModel, path: str | os.PathLike, config: ModelConfig | None = None,
+                    dtype: torch.dtype | None = None) -> None:
+    """Write every part's tensors and the config (`config` overrides `model.config`, e.g. to add a record).
+
+    `dtype` stores floating tensors in another precision (the shipped demo model uses float16 to stay
+    small); loading casts them back into the model's own precision.
+    """
     config = config or model.config
-    tensors = {name: t.detach().contiguous().cpu() for name, t in model.state_dict().items()}
+    tensors = {name: (t.to(dtype) if dtype is not None and t.is_floating_point() else t).detach().contiguous().cpu()
+               for name, t in model.state_dict().items()}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Written beside and renamed, so an interrupted save never leaves a half file under the real name.

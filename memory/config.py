@@ -19,8 +19,8 @@ class VAEConfig:
     latent_channels: int = 8
     time_factor: int = 4
     space_factor: int = 8
-    base_channels: int = 32        # encoder width at full resolution; doubled at each spatial halving
-    max_channels: int = 128
+    base_channels: int = 16        # encoder width at full resolution; doubled at each spatial halving
+    max_channels: int = 64
     temporal_kernel: int = 3       # causal kernel length of the 3D convolutions at latent resolution
 
 

@@ -1,0 +1,234 @@
+"""Stage 2: train the text encoder and the denoiser with its memory on cached VAE latents.
+
+Each step shows the model a window like the ones sampling builds: one clean front chunk and K noisy
+chunks, after a random number of earlier chunks of the same video have been written into memory with
+exactly the sampling rule (a chunk is written when it leaves the window, lightly noised). Gradients flow
+through the last few writes (truncated backprop through time). Noise levels per chunk come from:
+- PA-VDM's progressive layout: slot j at `(j + 1 - u) / K` with one random `u` per sample (the stage
+  table with a random shift), warped by the sampling shift;
+- independent levels per chunk (any layout the samplers might produce);
+- one shared level for all noisy chunks, with the front chunk clean (RN) or noised alike (RW);
+and, now and then, windows at a video's start that are still filling up (no front chunk yet).
+"""
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..memory.checkpoint import save_checkpoint
+from ..memory.config import ModelConfig
+from ..memory.model import LongTakeModel
+from ..samplers.schedule import warp
+from .common import (EMA, LossLog, cosine_lr, hardware, load_training_state, save_training_state,
+                     setup_distributed)
+from .data import to_pixels
+
+
+@dataclass
+class DenoiserTraining:
+    steps: int = 12000
+    batch: int = 16
+    lr: float = 4e-4
+    warmup: int = 300
+    weight_decay: float = 0.01
+    ema_decay: float = 0.999
+    videos: int = 1200            # videos encoded once into the latent cache
+    video_chunks: int = 24        # chunks per cached video (8 s at 24 fps)
+    window_chunks: int = 4        # K noisy chunks behind the clean front chunk
+    max_prefix: int = 14          # most chunks written into memory before the window
+    grad_writes: int = 2          # writes that gradients flow through
+    text_dropout: float = 0.1     # null prompt, for classifier-free guidance
+    progressive_share: float = 0.6
+    independent_share: float = 0.25
+    fill_share: float = 0.1       # windows still filling up at a video's start
+    shift: float = 1.0
+    preview_every: int = 3000
+    preview_prompt: str = "a red ball bouncing on a black background"
+    save_every: int = 250
+    log_every: int = 25
+    seed: int = 0
+
+
+def cache_latents(model: LongTakeModel, source, settings: DenoiserTraining, path: Path) -> torch.Tensor:
+    """Encode `videos` videos once: latents `[N, C, T, h, w]` (float16 on disk and in memory)."""
+    if path.exists():
+        return load_file(str(path))["latents"]
+    frames = settings.video_chunks * model.config.frames_per_chunk
+    started, latents = time.monotonic(), []
+    with torch.no_grad():
+        for first in range(0, settings.videos, 8):
+            batch = [source.video(i, frames) for i in range(first, min(first + 8, settings.videos))]
+            encoded, _ = model.vae.encode(to_pixels(np.stack(batch)).to(model.device))
+            latents.append(encoded.half().cpu())
+            if first % 200 == 0:
+                print(f"caching latents: {first}/{settings.videos} videos, {time.monotonic() - started:.0f} s", flush=True)
+    latents = torch.cat(latents)
+    save_file({"latents": latents}, str(path))
+    return latents
+
+
+def noise_layout(settings: DenoiserTraining, batch: int, noisy: int, front: bool, rng: random.Random):
+    """Per-chunk levels `[B, front + noisy]` and whether the front chunk counts in the loss (never)."""
+    k = settings.window_chunks
+    kind = rng.random()
+    if kind < settings.progressive_share:
+        u = torch.rand(batch, 1)
+        slots = torch.arange(k - noisy, k, dtype=torch.float32)[None]  # a filling window holds the newest slots
+        levels = ((slots + 1 - u) / k).clamp(1e-4, 1.0)
+        front_level = torch.zeros(batch, 1)
+    elif kind < settings.progressive_share + settings.independent_share:
+        levels = torch.rand(batch, noisy)
+        front_level = torch.zeros(batch, 1)
+    else:
+        shared = torch.rand(batch, 1)
+        levels = shared.expand(batch, noisy)
+        renoised = torch.rand(batch, 1) < 0.5  # RW noises the condition to the same level, RN keeps it clean
+        front_level = torch.where(renoised, shared, torch.zeros_like(shared))
+    levels = warp(levels.double(), settings.shift).float()
+    return torch.cat([front_level, levels], dim=1) if front else levels
+
+
+class WindowLoss(torch.nn.Module):
+    """Memory writes, one window forward and the flow-matching loss, as one module for DDP."""
+
+    def __init__(self, model: LongTakeModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, prefix, window, levels, prompts, has_front: bool, grad_writes: int):
+        model = self.model
+        chunk = model.config.denoiser.chunk_frames
+        tokens, bias = model.text(prompts)
+        memory = model.denoiser.initial_state(window.shape[0])
+        memory = {k: v.to(window.device) for k, v in memory.items()}
+        writes = prefix.shape[2] // chunk
+        for i in range(writes):
+            piece = prefix[:, :, i * chunk:(i + 1) * chunk]
+            if i < writes - grad_writes:
+                with torch.no_grad():
+                    memory = model.denoiser.write(memory, piece, tokens, bias)
+            else:
+                memory = model.denoiser.write(memory, piece, tokens, bias)
+        t = levels.repeat_interleave(chunk, dim=1).to(window.device)
+        noise = torch.randn_like(window)
+        noisy = (1 - t[:, None, :, None, None]) * window + t[:, None, :, None, None] * noise
+        velocity = model.denoiser(noisy, t, tokens, bias, memory)
+        error = (velocity - (noise - window)).pow(2).mean(dim=(1, 3, 4))  # [B, T]
+        counted = torch.ones_like(error)
+        if has_front:
+            counted[:, :chunk] = 0  # the front chunk is context: its prediction is never used
+        return (error * counted).sum() / counted.sum()
+
+
+def train_denoiser(config: ModelConfig, vae_state: dict, source, out: Path, settings: DenoiserTraining,
+                   record: dict) -> Path:
+    rank, world, device = setup_distributed()
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(settings.seed)
+    model = LongTakeModel(config)
+    model.vae.load_state_dict(vae_state)
+    model = model.to(device)
+    model.vae.requires_grad_(False)
+
+    cache_path = out / "latents.safetensors"
+    if rank == 0:
+        cache_latents(model, source, settings, cache_path)
+    if world > 1:
+        torch.distributed.barrier()
+    latents = load_file(str(cache_path))["latents"]
+
+    trained = [p for name, p in model.named_parameters() if not name.startswith("vae.")]
+    optimizer = torch.optim.AdamW(trained, lr=settings.lr, betas=(0.9, 0.99), weight_decay=settings.weight_decay)
+    ema = EMA(model, settings.ema_decay)
+    objective = WindowLoss(model)
+    if world > 1:
+        objective = torch.nn.parallel.DistributedDataParallel(objective, find_unused_parameters=True)
+    state_path = out / "denoiser_train_state.safetensors"
+    progress = {"step": 0, "seconds": 0.0, "loss": None}
+    if state_path.exists():
+        progress = load_training_state(state_path, model, ema, optimizer)
+        if rank == 0:
+            print(f"resuming denoiser training at step {progress['step']}", flush=True)
+    log = LossLog(out / "denoiser_log.jsonl", resume=progress["step"] > 0)
+    started = time.monotonic() - progress["seconds"]
+    chunk, k = config.denoiser.chunk_frames, settings.window_chunks
+    smoothed = progress.get("loss")
+
+    for step in range(progress["step"], settings.steps):
+        rng = random.Random(settings.seed * 1_000_003 + step * world + rank)
+        lr = cosine_lr(step, settings.steps, settings.lr, settings.warmup)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+
+        # One window shape per step, so the batch is one tensor.
+        if rng.random() < settings.fill_share:
+            has_front, noisy, prefix_chunks = False, rng.randint(1, k), 0
+        else:
+            has_front, noisy = True, k
+            prefix_chunks = 0 if rng.random() < 0.25 else rng.randint(1, settings.max_prefix)
+        span = prefix_chunks + int(has_front) + noisy
+        videos = [rng.randrange(latents.shape[0]) for _ in range(settings.batch)]
+        offsets = [0 if not has_front else rng.randrange(settings.video_chunks - span + 1) for _ in videos]
+        clips = torch.stack([latents[v, :, o * chunk:(o + span) * chunk] for v, o in zip(videos, offsets)])
+        clips = clips.float().to(device)
+        prefix, window = clips[:, :, :prefix_chunks * chunk], clips[:, :, prefix_chunks * chunk:]
+        prompts = ["" if rng.random() < settings.text_dropout else source.prompts(v)(rng.randrange(1 << 30))
+                   for v in videos]
+        levels = noise_layout(settings, settings.batch, noisy, has_front, rng)
+
+        loss = objective(prefix, window, levels, prompts, has_front, settings.grad_writes)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trained, 1.0)
+        optimizer.step()
+        ema.update(model, step)
+        smoothed = loss.item() if smoothed is None else 0.98 * smoothed + 0.02 * loss.item()
+
+        if rank == 0 and (step % settings.log_every == 0 or step == settings.steps - 1):
+            log.write(step=step, loss=loss.item(), smoothed=smoothed, lr=lr, prefix=prefix_chunks)
+            print(f"denoiser step {step:5d}  loss {loss.item():.4f}  smoothed {smoothed:.4f}  "
+                  f"{time.monotonic() - started:6.0f} s", flush=True)
+        if rank == 0 and (step + 1) % settings.save_every == 0:
+            save_training_state(state_path, model, ema, optimizer,
+                                {"step": step + 1, "seconds": time.monotonic() - started, "loss": smoothed})
+        if rank == 0 and settings.preview_every and (step + 1) % settings.preview_every == 0:
+            preview(model, ema, settings, out / "previews" / f"step_{step + 1:06d}.mp4")
+
+    if rank != 0:
+        return out / "model.safetensors"
+    record = dict(record, denoiser=dict(steps=settings.steps, final_loss=round(smoothed, 4), data_seed=settings.seed,
+                                        seconds=round(time.monotonic() - started), hardware=hardware(),
+                                        settings=asdict(settings)))
+    final = shipped_model(model, ema)
+    path = out / "model.safetensors"
+    save_checkpoint(final, path, config=config.replace(record=record))
+    preview(model, ema, settings, out / "previews" / "final.mp4")
+    print(f"saved {path}", flush=True)
+    return path
+
+
+def shipped_model(model: LongTakeModel, ema: EMA) -> LongTakeModel:
+    """A copy of the model carrying the EMA weights."""
+    import copy
+    final = copy.deepcopy(model).cpu()
+    ema_cpu = EMA.__new__(EMA)
+    ema_cpu.shadow = {k: v.cpu() for k, v in ema.shadow.items()}
+    ema_cpu.copy_to(final)
+    return final.eval()
+
+
+def preview(model: LongTakeModel, ema: EMA, settings: DenoiserTraining, path: Path) -> None:
+    """A few seconds from the EMA weights through the real sampler, to watch training progress."""
+    from ..samplers import LongVideo, SamplerSettings, render_mp4
+    final = shipped_model(model, ema)
+    video = LongVideo(final, settings.preview_prompt, seconds=4, fps=final.config.fps,
+                      settings=SamplerSettings(window_chunks=settings.window_chunks, shift=settings.shift))
+    render_mp4(video, path)
+    print(f"preview: {path}", flush=True)

@@ -1,0 +1,148 @@
+"""Stage 1: train the causal video VAE on pixels, then fix its latent normalisation.
+
+Reads top to bottom: settings, data, model, the loop, held-out PSNR, latent statistics, save.
+Under `torchrun` every rank draws its own clips and DistributedDataParallel averages the gradients.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..memory.config import VAEConfig
+from ..memory.vae import CausalVideoVAE
+from .common import LossLog, cosine_lr, hardware, load_training_state, save_training_state, setup_distributed
+from .data import to_pixels
+
+
+@dataclass
+class VAETraining:
+    steps: int = 2500
+    batch: int = 4               # clips per step (per rank)
+    frames: int = 16             # frames per clip: 2 chunks, so the causal cache is exercised
+    lr: float = 1e-3
+    warmup: int = 100
+    l1_weight: float = 0.5       # L1 next to MSE keeps edges sharp
+    kl_weight: float = 1e-6      # just enough to keep the latent space smooth for diffusion
+    heldout_clips: int = 16
+    log_every: int = 25
+    save_every: int = 250
+    seed: int = 0
+
+
+class ReconstructionLoss(torch.nn.Module):
+    """The VAE objective as a module, so DistributedDataParallel can wrap it."""
+
+    def __init__(self, vae: CausalVideoVAE, settings: VAETraining):
+        super().__init__()
+        self.vae, self.settings = vae, settings
+
+    def forward(self, pixels: torch.Tensor):
+        mean, logvar = self.vae.moments(pixels)
+        latents = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)
+        recon, _ = self.vae.decode(latents)
+        mse = (recon - pixels).pow(2).mean()
+        l1 = (recon - pixels).abs().mean()
+        kl = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).mean()
+        loss = mse + self.settings.l1_weight * l1 + self.settings.kl_weight * kl
+        return loss, {"mse": mse.item(), "l1": l1.item(), "kl": kl.item()}
+
+
+def psnr(vae: CausalVideoVAE, source, clips: int, frames: int = 32) -> float:
+    """Reconstruction PSNR in dB over 8-bit frames of held-out clips (deterministic latent means)."""
+    errors = []
+    with torch.no_grad():
+        for i in range(clips):
+            video, _ = source.clip(10_000_000 + i, frames)
+            latents, _ = vae.encode(to_pixels(video).to(vae.latent_mean.device))
+            recon, _ = vae.decode(latents)
+            restored = ((recon[0].clamp(-1, 1) + 1) * 127.5).round().permute(1, 2, 3, 0).cpu().numpy()
+            errors.append(np.mean((restored - video.astype(np.float64)) ** 2))
+    return float(10 * math.log10(255.0 ** 2 / max(np.mean(errors), 1e-10)))
+
+
+def latent_statistics(vae: CausalVideoVAE, source, clips: int = 64, frames: int = 32):
+    """Per-channel mean and std of the latent means, so the diffusion sees unit-scale latents."""
+    means = []
+    with torch.no_grad():
+        for i in range(clips):
+            video, _ = source.clip(20_000_000 + i, frames)
+            mean, _ = vae.moments(to_pixels(video).to(vae.latent_mean.device))
+            means.append(mean.transpose(0, 1).flatten(1))
+    values = torch.cat(means, dim=1)
+    return values.mean(dim=1), values.std(dim=1)
+
+
+def train_vae(source, heldout, config: VAEConfig, out: Path, settings: VAETraining) -> dict:
+    rank, world, device = setup_distributed()
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(settings.seed)
+    vae = CausalVideoVAE(config).to(device)
+    objective = ReconstructionLoss(vae, settings)
+    if world > 1:
+        objective = torch.nn.parallel.DistributedDataParallel(objective)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=settings.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    state_path = out / "vae_train_state.safetensors"
+    progress = {"step": 0, "seconds": 0.0}
+    if state_path.exists():
+        progress = load_training_state(state_path, vae, None, optimizer)
+        if rank == 0:
+            print(f"resuming VAE training at step {progress['step']}")
+    log = LossLog(out / "vae_log.jsonl", resume=progress["step"] > 0)
+    started = time.monotonic() - progress["seconds"]
+
+    for step in range(progress["step"], settings.steps):
+        lr = cosine_lr(step, settings.steps, settings.lr, settings.warmup)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        seeds = [(step * world + rank) * settings.batch + b for b in range(settings.batch)]
+        pixels = to_pixels(np.stack([source.clip(s, settings.frames)[0] for s in seeds])).to(device)
+
+        loss, parts = objective(pixels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        optimizer.step()
+
+        if rank == 0 and (step % settings.log_every == 0 or step == settings.steps - 1):
+            # PSNR of the training batch, in the 8-bit units people quote.
+            batch_psnr = 10 * math.log10(4.0 / max(parts["mse"], 1e-10))
+            log.write(step=step, loss=loss.item(), lr=lr, psnr=batch_psnr, **parts)
+            print(f"vae step {step:5d}  loss {loss.item():.5f}  psnr {batch_psnr:5.2f} dB  "
+                  f"{time.monotonic() - started:6.0f} s", flush=True)
+        if rank == 0 and (step + 1) % settings.save_every == 0:
+            save_training_state(state_path, vae, None, optimizer,
+                                {"step": step + 1, "seconds": time.monotonic() - started})
+
+    vae.eval()
+    result = {}
+    if rank == 0:
+        result["heldout_psnr_db"] = round(psnr(vae, heldout, settings.heldout_clips), 2)
+        mean, std = latent_statistics(vae, source)
+        vae.latent_mean.copy_(mean)
+        vae.latent_std.copy_(std.clamp_min(1e-3))
+        result.update(steps=settings.steps, seconds=round(time.monotonic() - started), hardware=hardware(),
+                      settings=asdict(settings))
+        save_file({k: v.detach().cpu().contiguous() for k, v in vae.state_dict().items()}, str(out / "vae.safetensors"),
+                  metadata={"vae_config": json.dumps(asdict(config)), "record": json.dumps(result)})
+        print(f"VAE done: held-out PSNR {result['heldout_psnr_db']} dB; saved {out / 'vae.safetensors'}", flush=True)
+    return result
+
+
+def load_trained_vae(out: Path) -> tuple[CausalVideoVAE, VAEConfig, dict]:
+    from safetensors import safe_open
+    path = out / "vae.safetensors"
+    if not path.exists():
+        raise ValueError(f"{path}: no trained VAE here; run `longtake train vae --out {out}` first")
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    config = VAEConfig(**json.loads(meta["vae_config"]))
+    vae = CausalVideoVAE(config)
+    vae.load_state_dict(load_file(str(path)))
+    return vae.eval(), config, json.loads(meta["record"])
