@@ -238,6 +238,9 @@ class CausalVideoVAE(nn.Module):
         self.encoder = Encoder(cfg, space_halvings, time_halvings)
         self.decoder = Decoder(cfg, space_halvings, time_halvings)
         # Per-channel statistics of the latents, set by training from data; saved with the weights.
+        # Start with small posterior noise: at std 1 it would drown the untrained encoder's means.
+        with torch.no_grad():
+            self.encoder.out.conv.bias[cfg.latent_channels:] = -6.0
         self.register_buffer("latent_mean", torch.zeros(cfg.latent_channels))
         self.register_buffer("latent_std", torch.ones(cfg.latent_channels))
         for name, module in self.named_modules():

@@ -2,7 +2,8 @@
 
 Both give `video(i, frames)`: frames uint8 `[T, H, W, 3]` of the i-th training video; `prompts(i)`: a
 function of a seed giving that video's caption (varied wording for the demo world, the `.txt` beside the
-file for footage); and `clip(seed, frames)`: a random short clip with its caption.
+file for footage); `reappearances(i, frames)`: frames where an object comes back from a full occlusion (what
+memory is for); and `clip(seed, frames)`: a random short clip with its caption.
 """
 from __future__ import annotations
 
@@ -28,12 +29,23 @@ class DemoWorld:
         self.seed, self.drop = seed, drop
 
     def video(self, i: int, frames: int) -> np.ndarray:
-        start = random.Random(self.seed * 7919 + i).randrange(0, 24 * 600)
-        return world.render(self._scene(i), start, frames)
+        return world.render(self._scene(i), self._start(i), frames)
 
-    def prompts(self, i: int) -> Callable[[int], str]:
+    def _start(self, i: int) -> int:
+        return random.Random(self.seed * 7919 + i).randrange(0, 24 * 600)
+
+    def prompts(self, i: int, drop: float | None = None) -> Callable[[int], str]:
         scene = self._scene(i)
-        return lambda seed: world.sample_prompt(scene, seed, self.drop)
+        return lambda seed: world.sample_prompt(scene, seed, self.drop if drop is None else drop)
+
+    def reappearances(self, i: int, frames: int) -> list[int]:
+        """Frames of `video(i, frames)` where an object comes out from behind the pillar after a full hiding."""
+        covered = world.hidden(self._scene(i), self._start(i), frames)
+        found = []
+        for column in covered.T:
+            edges = np.flatnonzero(column[:-1] & ~column[1:]) + 1  # hidden, then visible
+            found += [int(f) for f in edges if column[max(0, f - world.MIN_HIDDEN_FRAMES):f].all()]
+        return sorted(found)
 
     def _scene(self, i: int):
         return world.sample_scene(self.seed * 1_000_003 + i)
@@ -107,9 +119,12 @@ class VideoFolder:
         start = random.Random(i).randrange(0, max(1, len(source) - frames + 1))
         return self._window(source, start, frames)
 
-    def prompts(self, i: int) -> Callable[[int], str]:
+    def prompts(self, i: int, drop: float | None = None) -> Callable[[int], str]:
         caption = self.videos[i % len(self.videos)][1]
         return lambda seed: caption
+
+    def reappearances(self, i: int, frames: int) -> list[int]:
+        return []  # unknown for footage: occlusion-focused windows come from the demo world only
 
     def clip(self, seed: int, frames: int) -> tuple[np.ndarray, str]:
         rng = random.Random(seed)
