@@ -48,6 +48,8 @@ class DenoiserTraining:
     progressive_share: float = 0.6
     independent_share: float = 0.25
     fill_share: float = 0.1       # windows still filling up at a video's start
+    occlusion_share: float = 0.25 # windows where an object comes back from behind the pillar
+    occlusion_drop: float = 0.6   # ...with prompts that often leave its color out, so only memory has it
     shift: float = 1.0
     preview_every: int = 3000
     preview_prompt: str = "a red ball bouncing on a black background"
@@ -56,10 +58,11 @@ class DenoiserTraining:
     seed: int = 0
 
 
-def cache_latents(model: LongTakeModel, source, settings: DenoiserTraining, path: Path) -> torch.Tensor:
-    """Encode `videos` videos once: latents `[N, C, T, h, w]` (float16 on disk and in memory)."""
+def cache_latents(model: LongTakeModel, source, settings: DenoiserTraining, path: Path) -> None:
+    """Encode `videos` videos once into latents `[N, C, T, h, w]` (float16), with the chunks where an
+    object comes back from a full occlusion (the windows that teach memory)."""
     if path.exists():
-        return load_file(str(path))["latents"]
+        return
     frames = settings.video_chunks * model.config.frames_per_chunk
     started, latents = time.monotonic(), []
     with torch.no_grad():
@@ -69,9 +72,16 @@ def cache_latents(model: LongTakeModel, source, settings: DenoiserTraining, path
             latents.append(encoded.half().cpu())
             if first % 200 == 0:
                 print(f"caching latents: {first}/{settings.videos} videos, {time.monotonic() - started:.0f} s", flush=True)
-    latents = torch.cat(latents)
-    save_file({"latents": latents}, str(path))
-    return latents
+    reappear = [sorted({f // model.config.frames_per_chunk for f in source.reappearances(i, frames)})
+                for i in range(settings.videos)]
+    save_file({"latents": torch.cat(latents)}, str(path), metadata={"reappear": json.dumps(reappear)})
+
+
+def load_latents(path: Path) -> tuple[torch.Tensor, list[list[int]]]:
+    from safetensors import safe_open
+    with safe_open(str(path), "pt") as f:
+        reappear = json.loads(f.metadata()["reappear"])
+    return load_file(str(path))["latents"], reappear
 
 
 def noise_layout(settings: DenoiserTraining, batch: int, noisy: int, front: bool, rng: random.Random):
@@ -142,7 +152,8 @@ def train_denoiser(config: ModelConfig, vae_state: dict, source, out: Path, sett
         cache_latents(model, source, settings, cache_path)
     if world > 1:
         torch.distributed.barrier()
-    latents = load_file(str(cache_path))["latents"]
+    latents, reappear = load_latents(cache_path)
+    occluded = [(v, r) for v, chunks in enumerate(reappear) for r in chunks]
 
     trained = [p for name, p in model.named_parameters() if not name.startswith("vae.")]
     optimizer = torch.optim.AdamW(trained, lr=settings.lr, betas=(0.9, 0.99), weight_decay=settings.weight_decay)
@@ -162,24 +173,38 @@ def train_denoiser(config: ModelConfig, vae_state: dict, source, out: Path, sett
     smoothed = progress.get("loss")
 
     for step in range(progress["step"], settings.steps):
+        # Every random draw of a step follows from (seed, step, rank): a resumed run repeats it exactly.
         rng = random.Random(settings.seed * 1_000_003 + step * world + rank)
+        torch.manual_seed(settings.seed * 1_000_003 + step * world + rank)
         lr = cosine_lr(step, settings.steps, settings.lr, settings.warmup)
         for group in optimizer.param_groups:
             group["lr"] = lr
 
         # One window shape per step, so the batch is one tensor.
-        if rng.random() < settings.fill_share:
+        drop = None
+        kind = rng.random()
+        if kind < settings.fill_share:
             has_front, noisy, prefix_chunks = False, rng.randint(1, k), 0
         else:
             has_front, noisy = True, k
             prefix_chunks = 0 if rng.random() < 0.25 else rng.randint(1, settings.max_prefix)
         span = prefix_chunks + int(has_front) + noisy
-        videos = [rng.randrange(latents.shape[0]) for _ in range(settings.batch)]
-        offsets = [0 if not has_front else rng.randrange(settings.video_chunks - span + 1) for _ in videos]
+        if has_front and occluded and kind > 1 - settings.occlusion_share:
+            # The object was last seen ~8 chunks before it comes back: far enough back to be in memory only.
+            prefix_chunks = rng.randint(min(8, settings.max_prefix), settings.max_prefix)
+            span = prefix_chunks + 1 + k
+            picks = [(v, r - prefix_chunks - rng.randint(1, k)) for v, r in
+                     (occluded[rng.randrange(len(occluded))] for _ in range(settings.batch))]
+            picks = [(v, min(max(o, 0), settings.video_chunks - span)) for v, o in picks]
+            videos, offsets = [v for v, _ in picks], [o for _, o in picks]
+            drop = settings.occlusion_drop
+        else:
+            videos = [rng.randrange(latents.shape[0]) for _ in range(settings.batch)]
+            offsets = [0 if not has_front else rng.randrange(settings.video_chunks - span + 1) for _ in videos]
         clips = torch.stack([latents[v, :, o * chunk:(o + span) * chunk] for v, o in zip(videos, offsets)])
         clips = clips.float().to(device)
         prefix, window = clips[:, :, :prefix_chunks * chunk], clips[:, :, prefix_chunks * chunk:]
-        prompts = ["" if rng.random() < settings.text_dropout else source.prompts(v)(rng.randrange(1 << 30))
+        prompts = ["" if rng.random() < settings.text_dropout else source.prompts(v, drop)(rng.randrange(1 << 30))
                    for v in videos]
         levels = noise_layout(settings, settings.batch, noisy, has_front, rng)
 

@@ -102,6 +102,7 @@ def train_vae(source, heldout, config: VAEConfig, out: Path, settings: VAETraini
         for group in optimizer.param_groups:
             group["lr"] = lr
         seeds = [(step * world + rank) * settings.batch + b for b in range(settings.batch)]
+        torch.manual_seed(settings.seed * 1_000_003 + step * world + rank)  # resumed runs repeat each step
         pixels = to_pixels(np.stack([source.clip(s, settings.frames)[0] for s in seeds])).to(device)
 
         loss, parts = objective(pixels)

@@ -1,0 +1,84 @@
+"""Both training stages end to end on tiny settings: they run, log, resume exactly, and ship a model."""
+import json
+
+import pytest
+import torch
+
+from helpers import small_model_config
+from longtake.memory import TextConfig, load_checkpoint
+from longtake.training.data import DemoWorld, VideoFolder
+from longtake.training.train_denoiser import DenoiserTraining, noise_layout, train_denoiser
+from longtake.training.train_vae import VAETraining, load_trained_vae, train_vae
+from longtake.training.vocab import VOCAB
+
+TINY_VAE = dict(batch=2, frames=8, heldout_clips=1, log_every=1, save_every=2, warmup=1)
+TINY_DENOISER = dict(batch=2, videos=3, video_chunks=12, max_prefix=3, log_every=1, save_every=2, preview_every=0,
+                     warmup=1)
+
+
+@pytest.fixture(scope="module")
+def trained_vae(tmp_path_factory):
+    out = tmp_path_factory.mktemp("vae")
+    world = DemoWorld(seed=0)
+    result = train_vae(world, world, small_model_config().vae, out, VAETraining(steps=3, **TINY_VAE))
+    return out, result
+
+
+def test_vae_stage_reports_psnr_and_sets_latent_statistics(trained_vae):
+    out, result = trained_vae
+    vae, config, record = load_trained_vae(out)
+    assert record["heldout_psnr_db"] == result["heldout_psnr_db"] > 0
+    assert not torch.equal(vae.latent_std, torch.ones_like(vae.latent_std))
+    lines = [json.loads(line) for line in (out / "vae_log.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [0, 1, 2]
+
+
+def denoise(out, steps, vae_dir):
+    vae, vae_config, record = load_trained_vae(vae_dir)
+    config = small_model_config().replace(vae=vae_config, text=TextConfig(vocab=VOCAB, width=32, depth=1, heads=2))
+    return train_denoiser(config, vae.state_dict(), DemoWorld(seed=0), out, DenoiserTraining(steps=steps, **TINY_DENOISER),
+                          {"vae": record})
+
+
+def test_denoiser_stage_ships_a_loadable_model_and_resumes_exactly(trained_vae, tmp_path):
+    vae_dir, _ = trained_vae
+    whole = load_checkpoint(denoise(tmp_path / "whole", 4, vae_dir))
+    assert whole.config.record["denoiser"]["steps"] == 4
+    assert "final_loss" in whole.config.record["denoiser"] and "vae" in whole.config.record
+    # A run stopped after 2 steps (its state saved) and started again reaches the same weights.
+    denoise(tmp_path / "split", 2, vae_dir)
+    (tmp_path / "split" / "model.safetensors").unlink()
+    resumed = load_checkpoint(denoise(tmp_path / "split", 4, vae_dir))
+    for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+    steps = [json.loads(line)["step"] for line in (tmp_path / "split" / "denoiser_log.jsonl").read_text().splitlines()]
+    assert steps == [0, 1, 2, 3]
+
+
+def test_progressive_layout_is_the_stage_table_with_a_random_shift():
+    import random
+    settings = DenoiserTraining(progressive_share=1.0, independent_share=0.0)
+    levels = noise_layout(settings, 64, 4, True, random.Random(0))
+    assert torch.all(levels[:, 0] == 0)  # the clean front chunk
+    gaps = levels[:, 2:] - levels[:, 1:-1]
+    assert torch.allclose(gaps, torch.full_like(gaps, 0.25), atol=1e-5)  # K = 4 slots, 1/K apart
+    assert levels[:, 1].min() >= 0 and levels[:, 1].max() <= 0.25 and levels[:, -1].max() <= 1
+
+
+def test_video_folder_skips_bad_files_with_a_warning(tmp_path):
+    import numpy as np
+    from longtake.samplers.video import Mp4Writer
+    with Mp4Writer(tmp_path / "good.mp4", fps=24) as writer:
+        writer.write(np.full((12, 48, 80, 3), 200, np.uint8))
+    (tmp_path / "good.txt").write_text("a white background")
+    (tmp_path / "broken.mp4").write_bytes(b"not a video at all")
+    (tmp_path / "broken.txt").write_text("a red ball")
+    (tmp_path / "uncaptioned.mp4").write_bytes((tmp_path / "good.mp4").read_bytes())
+    with pytest.warns(UserWarning) as caught:
+        folder = VideoFolder(tmp_path, resolution=64)
+    messages = " ".join(str(w.message) for w in caught)
+    assert "broken.mp4" in messages and "uncaptioned.mp4" in messages
+    assert len(folder.videos) == 1
+    frames, caption = folder.clip(0, 30)
+    assert frames.shape == (30, 64, 64, 3) and caption == "a white background"
+    assert abs(int(frames[5, 30, 30, 0]) - 200) <= 3
