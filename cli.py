@@ -162,6 +162,11 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_bench_quality(args) -> int:
+    from .bench.quality import run_from_args
+    return run_from_args(args)
+
+
 def torch_half():
     import torch
     return torch.float16
@@ -230,6 +235,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--data-seed", type=int, default=0)
     train.add_argument("--ship", action="store_true", help="also write the result as the bundled demo model (float16)")
     train.set_defaults(run=cmd_train)
+
+    bench = commands.add_parser("bench", help="benchmarks, run by hand")
+    benches = bench.add_subparsers(dest="bench", required=True)
+    from .bench.quality import add_arguments as add_quality_arguments
+    quality = benches.add_parser("quality", help="long-horizon quality of the samplers: prompt, motion, cuts, memory")
+    add_quality_arguments(quality)
+    quality.set_defaults(run=cmd_bench_quality)
     return parser
 
 

@@ -184,7 +184,6 @@ class Encoder(nn.Module):
         width, kernel_t = widths[-1], cfg.temporal_kernel
         self.folds = nn.ModuleList(TimeFold(width) for _ in range(time_halvings))
         self.blocks = nn.ModuleList(CausalResBlock(width, kernel_t) for _ in range(time_halvings))
-        self.norm_out = FrameGroupNorm(_groups(width), width)
         self.out = CausalConv3d(width, 2 * cfg.latent_channels, kernel_t)
 
     def forward(self, pixels: torch.Tensor, cache: CausalCache) -> torch.Tensor:
@@ -193,7 +192,9 @@ class Encoder(nn.Module):
         x = rearrange(x, "(b t) c h w -> b c t h w", b=pixels.shape[0])
         for fold, block in zip(self.folds, self.blocks):
             x = block(fold(x), cache)
-        return self.out(F.silu(self.norm_out(x)), cache)
+        # No normalisation on the main path: over a flat-coloured frame a group norm cancels the very
+        # level that says which colour it is (the residual blocks normalise only their side branch).
+        return self.out(F.silu(x), cache)
 
 
 class Decoder(nn.Module):
@@ -212,7 +213,6 @@ class Decoder(nn.Module):
                 Upsample2d(widths[level + 1], widths[level]),
                 ResBlock2d(widths[level]),
             )))
-        self.norm_out = nn.GroupNorm(_groups(widths[1]), widths[1])
         self.out = Upsample2d(widths[1], cfg.image_channels)
 
     def forward(self, latents: torch.Tensor, cache: CausalCache) -> torch.Tensor:
@@ -220,7 +220,7 @@ class Decoder(nn.Module):
         for block, unfold in zip(self.blocks, self.unfolds):
             x = unfold(block(x, cache), cache)
         frames = self.spatial(rearrange(x, "b c t h w -> (b t) c h w"))
-        frames = self.out(F.silu(self.norm_out(frames)))
+        frames = self.out(F.silu(frames))  # no norm here either, see Encoder.forward
         return rearrange(frames, "(b t) c h w -> b c t h w", b=latents.shape[0])
 
 

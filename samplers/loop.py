@@ -91,10 +91,10 @@ class Conditioner:
     """The model as the samplers see it: per-chunk prompts, guidance in one batched forward, memory."""
 
     def __init__(self, model: LongTakeModel, schedule: PromptSchedule, settings: SamplerSettings,
-                 seconds_per_chunk: float, blend_chunks: int, first_index: int, memory: dict):
+                 seconds_per_chunk: float, blend_chunks: int, first_index: int, memory: dict, writes: bool = True):
         self.model, self.schedule, self.settings = model, schedule, settings
         self.seconds_per_chunk, self.blend_chunks, self.first_index = seconds_per_chunk, blend_chunks, first_index
-        self.memory = memory
+        self.memory, self.writes = memory, writes
         self._prompts: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.null = self._encode("")
 
@@ -126,6 +126,8 @@ class Conditioner:
         return unconditional + guidance * (conditional - unconditional)
 
     def leave(self, chunk: Chunk) -> None:
+        if not self.writes:
+            return
         noise = seeded_noise(self.settings.seed, chunk.index, WRITE, chunk.latents.shape)
         tokens, bias = self.conditioning(chunk.index)
         self.memory = self.model.denoiser.write(self.memory, chunk.latents, tokens, bias,
@@ -158,11 +160,13 @@ class LongVideo:
     are called on every sampler step; on cancel, `frames()` stops after what was made and
     `cancelled` is set. `resumable=True` keeps the window full to the end (no drain), so that a state
     saved at the end continues exactly; states saved after a cancel or an interruption always do.
+    `use_memory=False` never writes memory (the window alone), for comparisons.
     """
 
     def __init__(self, model: LongTakeModel, prompts: PromptSchedule | str, seconds: float, fps: float,
                  settings: SamplerSettings = SamplerSettings(), *, start: torch.Tensor | None = None,
                  resume: str | Path | None = None, blend_chunks: int = 2, resumable: bool = False,
+                 use_memory: bool = True,
                  progress: Callable[[Progress], None] | None = None, cancel: Callable[[], bool] | None = None):
         if not seconds > 0:
             raise ValueError(f"seconds must be positive, got {seconds}")
@@ -192,7 +196,7 @@ class LongVideo:
         self.start_frames_done = boundary.frames_done
         self.conditioner = Conditioner(model, self.schedule, settings, self.frames_per_chunk / fps, blend_chunks,
                                        first_index=boundary.window.next_index - len(boundary.window.noisy)
-                                       - len(boundary.window.ready), memory=boundary.memory)
+                                       - len(boundary.window.ready), memory=boundary.memory, writes=use_memory)
         self.boundary = boundary
         self.start = None if start is None else self._check_start(start)
         pending = 0 if boundary.pending is None else boundary.pending.shape[1]

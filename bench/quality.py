@@ -1,0 +1,435 @@
+"""Long-horizon quality: does a minute of video keep its prompt, its motion, one scene, and its objects'
+colors through occlusion? The progressive (PA-VDM) sampler against the RW and RN baselines, same model.
+
+Every video is made by the real loop (`LongVideo` + `render_mp4`) and read back from its mp4 frame by
+frame. Each frame is reduced at once to a few numbers (pixels nearest to each palette color, pixels close
+to each, difference from the frame before), so only those numbers grow with the video's length. Every
+measure is a small pure function of them, taken over 2-second clips:
+
+- background: the named background color is the clip's dominant palette color;
+- object colors: each named object color covers enough of the clip's pixels;
+- motion: the mean frame difference of the last 10 s is at least half that of the first 10 s;
+- scene cuts: PySceneDetect's AdaptiveDetector finds one scene in the whole mp4;
+- memory through occlusion: an object that stays out of view longer than the denoiser's window comes
+  back in the color it had, with memory and with memory off (progressive, same model and seed).
+
+What a prompt leaves out is not checked: the demo world draws unnamed colors at random, so only the
+prompt's own color words say what the video owes it.
+
+    longtake bench quality CHECKPOINT [--out DIR] [--seconds 60] [--prompts FILE] [--fast]
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import re
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+
+from ..training.world import PALETTE, SPELLINGS, scene_from_prompt
+
+SAMPLERS = ("progressive", "rw", "rn")
+CLIP_SECONDS = 2.0
+COLOR_DISTANCE = 60.0  # RGB distance within which a pixel shows a palette color; the closest two are 71 apart
+# Of a clip's pixels. The smallest object, an 8 px triangle, covers 40 px = 0.98% of a 64x64 frame, so
+# the 1% one might expect would fail the world's own frames.
+PRESENT_SHARE = 0.005
+MOTION_SECONDS = 10.0
+MOTION_KEPT = 0.5  # the last seconds move at least this much relative to the first
+VISIBLE_PIXELS = 16  # object pixels for the object to be in view: a whole 8 px object shows 40 or more
+COLOR_SECONDS = 1.0  # how long before vanishing and after coming back the object's color is taken over
+CRITERIA = {"background": 0.95, "object_colors": 0.90, "motion": 0.90, "single_scene": 0.90, "occlusion": 0.90}
+MEASURES = {  # name: (table heading, unit the criterion counts)
+    "background": ("background", "clips"),
+    "object_colors": ("object colors", "clips"),
+    "motion": ("motion kept", "videos"),
+    "single_scene": ("single scene", "videos"),
+    "occlusion": ("color through occlusion", "events"),
+}
+FAST_PROMPTS, FAST_SECONDS = 2, 4.0
+
+# Varied canonical prompts. The first two are what --fast runs: one naming everything, one occlusion
+# prompt, so the fast run reaches every measure. Pillar prompts name no object color (memory has to keep
+# it) and pair background and pillar colors whose blend at the pillar's edges is nearest to one of the
+# two, never to a third color that would pass for the object.
+PROMPTS = (
+    "a red ball bouncing on a black background",
+    "a ball moving right behind a gray pillar on a black background",
+    "a blue square moving left slowly on a white background",
+    "a yellow triangle moving up quickly on a purple background",
+    "a green ball and an orange square bouncing on a gray background",
+    "a square moving left behind a white pillar on a gray background",
+    "a cyan triangle moving down slowly on a black background",
+    "a purple ball bouncing quickly on a yellow background",
+    "a white square and a red triangle moving right on a blue background",
+    "a triangle moving right slowly behind a black pillar on a gray background",
+    "an orange ball moving up on a green background",
+    "a red square bouncing slowly on a cyan background",
+    "a ball moving left behind a gray pillar on a white background",
+    "a blue ball and a yellow ball bouncing on a black background",
+    "a green triangle moving down quickly on a white background",
+    "a square moving right behind a gray pillar on a black background",
+    "a white ball moving left quickly on a red background",
+    "a purple square and a cyan triangle moving up on a gray background",
+    "a ball moving left behind a blue pillar on a black background",
+    "a yellow ball and a green square moving down slowly on a purple background",
+)
+
+COLORS = tuple(PALETTE)
+RGB = np.array([PALETTE[c] for c in COLORS], np.float32)
+_CANONICAL = {spelling: word for word, spellings in SPELLINGS.items() for spelling in spellings}
+_WORD = re.compile(r"[a-z]+")  # the world and the text encoder split prompts the same way
+
+
+# ----- what a prompt asks for -----
+@dataclass(frozen=True)
+class Checks:
+    background: str | None             # the named background color
+    object_colors: tuple[str, ...]     # named object colors, on prompts without a pillar
+    occlusion: tuple[str, str] | None  # (background, pillar) colors when the occlusion measure applies
+
+
+def checks_for(prompt: str) -> Checks:
+    """What the video of `prompt` is checked for; a prompt the demo world cannot read raises ValueError."""
+    scene = scene_from_prompt(prompt, seed=0)
+    # The world draws an unnamed color from those the prompt does not name, so a scene color is named
+    # exactly when its word is in the prompt.
+    named = {_CANONICAL.get(w, w) for w in _WORD.findall(prompt.lower())} & set(PALETTE)
+    background = scene.background if scene.background in named else None
+    objects = tuple(sorted({o.color for o in scene.objects} & named))
+    pillar = scene.pillar
+    # A correct video may hide a pillar scene's object for a whole clip, so its color is not owed per clip.
+    object_colors = objects if pillar is None else ()
+    # One object only: a second one in view would hide the first one's vanishing.
+    occlusion = None
+    if pillar is not None and len(scene.objects) == 1 and not objects and background and pillar.color in named:
+        occlusion = (background, pillar.color)
+    return Checks(background, object_colors, occlusion)
+
+
+def read_prompts(path: str | Path) -> list[str]:
+    """One prompt a line; blank lines and `#` comments are skipped, as in prompt schedules."""
+    lines = [line.strip() for line in Path(path).read_text().splitlines()]
+    prompts = [line for line in lines if line and not line.startswith("#")]
+    if not prompts:
+        raise ValueError(f"{path}: holds no prompts (one a line)")
+    return prompts
+
+
+# ----- frames to numbers -----
+@dataclass
+class Features:
+    nearest: np.ndarray  # int64 [T, colors]: pixels whose nearest palette color is each
+    near: np.ndarray     # int64 [T, colors]: pixels within COLOR_DISTANCE of each
+    diff: np.ndarray     # float64 [T]: mean |frame - previous| over pixels and channels, 0..255; NaN at 0
+    pixels: int          # per frame
+
+
+def palette_counts(frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(nearest, near) counts per palette color of one uint8 `[H, W, 3]` frame."""
+    distance = np.linalg.norm(frame.reshape(-1, 1, 3).astype(np.float32) - RGB, axis=2)
+    return np.bincount(distance.argmin(1), minlength=len(COLORS)), (distance <= COLOR_DISTANCE).sum(0)
+
+
+def features(frames: Iterable[np.ndarray]) -> Features:
+    """Reduce frames one at a time, so a minute of video is never held."""
+    nearest, near, diff = [], [], []
+    previous = None
+    for frame in frames:
+        a, b = palette_counts(frame)
+        nearest.append(a)
+        near.append(b)
+        current = frame.astype(np.int16)
+        diff.append(math.nan if previous is None else float(np.abs(current - previous).mean()))
+        previous = current
+    if not diff:
+        raise ValueError("no frames to measure")
+    return Features(np.stack(nearest), np.stack(near), np.array(diff), int(frame.shape[0] * frame.shape[1]))
+
+
+def mp4_frames(path: str | Path) -> Iterator[np.ndarray]:
+    """Frames of a video file as uint8 `[H, W, 3]`, decoded one at a time."""
+    import av
+    with av.open(str(path)) as container:
+        for frame in container.decode(video=0):
+            yield frame.to_ndarray(format="rgb24")
+
+
+def clip_slices(frames: int, clip: int) -> list[slice]:
+    """Consecutive clips of `clip` frames covering the video; the last may be shorter."""
+    return [slice(start, min(start + clip, frames)) for start in range(0, frames, clip)]
+
+
+# ----- the measures -----
+def background_by_clip(f: Features, clips: list[slice], background: str) -> list[bool]:
+    return [COLORS[int(f.nearest[c].sum(0).argmax())] == background for c in clips]
+
+
+def colors_by_clip(f: Features, clips: list[slice], colors: Iterable[str]) -> dict[str, list[bool]]:
+    return {color: [bool(f.near[c, COLORS.index(color)].sum() >= PRESENT_SHARE * f.pixels * (c.stop - c.start))
+                    for c in clips] for color in colors}
+
+
+def motion_by_clip(f: Features, clips: list[slice]) -> list[float]:
+    # Only frame 0 has no difference, and run_quality asks for a whole first clip, so none is all NaN.
+    return [float(np.nanmean(f.diff[c])) for c in clips]
+
+
+def motion_ratio(diff: np.ndarray, window: int) -> float:
+    """Mean frame difference over the last `window` frames over that of the first `window` frames."""
+    first, last = np.nanmean(diff[:window]), np.nanmean(diff[-window:])
+    # A video that does not move at the start fails like one whose motion dies: it shows no motion.
+    return float(last / first) if first > 0 else 0.0
+
+
+def scene_cuts(path: str | Path) -> list[int]:
+    """Frames where PySceneDetect's AdaptiveDetector starts a new scene; none for a single shot."""
+    from scenedetect import AdaptiveDetector, detect
+    scenes = detect(str(path), AdaptiveDetector(), start_in_scene=True)
+    return [start.frame_num for start, _ in scenes[1:]]
+
+
+def hidden_runs(visible: np.ndarray) -> list[tuple[int, int]]:
+    """(first hidden frame, first frame back) of each stretch out of view with the object seen on both sides."""
+    starts = np.concatenate([[0], np.flatnonzero(visible[1:] != visible[:-1]) + 1])
+    stops = np.append(starts[1:], len(visible))
+    return [(int(a), int(b)) for a, b in zip(starts, stops) if not visible[a] and a > 0 and b < len(visible)]
+
+
+def occlusion_events(nearest: np.ndarray, background: str, pillar: str, longer_than: int, span: int) -> list[dict]:
+    """Each time the object is out of view for more than `longer_than` frames and comes back: its dominant
+    color over the `span` frames before it vanished and after it came back.
+
+    The object's pixels are those nearest to a palette color that is neither the background's nor the
+    pillar's; it is in view when it has at least VISIBLE_PIXELS of them.
+    """
+    others = [i for i, c in enumerate(COLORS) if c not in (background, pillar)]
+    counts = nearest[:, others]
+    events = []
+    for start, stop in hidden_runs(counts.sum(1) >= VISIBLE_PIXELS):
+        if stop - start > longer_than:
+            before = COLORS[others[int(counts[max(0, start - span):start].sum(0).argmax())]]
+            after = COLORS[others[int(counts[stop:stop + span].sum(0).argmax())]]
+            events.append(dict(hidden_from=start, back_at=stop, before=before, after=after, same=before == after))
+    return events
+
+
+def measure_video(path: Path, checks: Checks, fps: float, window: int) -> dict:
+    """All raw numbers of one video: per clip, per video and per occlusion event."""
+    f = features(mp4_frames(path))
+    frames = len(f.diff)
+    clips = clip_slices(frames, round(CLIP_SECONDS * fps))
+    return dict(
+        mp4=path.name, frames=frames, checks=asdict(checks),
+        background=background_by_clip(f, clips, checks.background) if checks.background else None,
+        object_colors=colors_by_clip(f, clips, checks.object_colors),
+        motion=motion_by_clip(f, clips),
+        motion_ratio=motion_ratio(f.diff, min(round(MOTION_SECONDS * fps), frames // 2)),
+        scene_cuts=scene_cuts(path),
+        occlusion=(occlusion_events(f.nearest, *checks.occlusion, longer_than=window,
+                                    span=round(COLOR_SECONDS * fps)) if checks.occlusion else None),
+    )
+
+
+# ----- summaries -----
+def share(values: list[bool]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def summarise(videos: list[dict]) -> dict:
+    """Per measure: the share passing (None when nothing was checked) and how many were counted."""
+    counted = {
+        "background": [ok for v in videos for ok in v["background"] or []],
+        "object_colors": [ok for v in videos for oks in v["object_colors"].values() for ok in oks],
+        "motion": [v["motion_ratio"] >= MOTION_KEPT for v in videos],
+        "single_scene": [not v["scene_cuts"] for v in videos],
+        "occlusion": [e["same"] for v in videos for e in v["occlusion"] or []],
+    }
+    summary = {name: dict(share=share(values), count=len(values)) for name, values in counted.items()}
+    summary["motion"]["median_ratio"] = float(np.median([v["motion_ratio"] for v in videos])) if videos else None
+    return summary
+
+
+def timelines(videos: list[dict], clip: int) -> dict[str, list[float | None]]:
+    """Each measure per clip across the videos: what the plots draw (None where nothing was counted)."""
+    clips = max(len(v["motion"]) for v in videos)
+
+    def per_clip(pairs):  # (clip index, value) pairs -> mean per clip
+        sums, counts = np.zeros(clips), np.zeros(clips)
+        for k, value in pairs:
+            sums[k] += value
+            counts[k] += 1
+        return [float(s / n) if n else None for s, n in zip(sums, counts)]
+
+    return {
+        "background": per_clip((k, ok) for v in videos for k, ok in enumerate(v["background"] or [])),
+        "object_colors": per_clip((k, ok) for v in videos for oks in v["object_colors"].values()
+                                  for k, ok in enumerate(oks)),
+        "motion": per_clip((k, d) for v in videos for k, d in enumerate(v["motion"])),
+        # Share of videos with a cut in the clip.
+        "scene_cuts": per_clip((k, any(cut // clip == k for cut in v["scene_cuts"]))
+                               for v in videos for k in range(len(v["motion"]))),
+        # Share of events with the same color, by the clip in which the object came back.
+        "occlusion": per_clip((e["back_at"] // clip, e["same"]) for v in videos for e in v["occlusion"] or []),
+    }
+
+
+def table(report: dict) -> str:
+    """Markdown: one row per sampler (and memory off), each measure against its criterion."""
+    headings = [f"{title} (>= {CRITERIA[name]:.0%} {unit})" for name, (title, unit) in MEASURES.items()]
+    lines = ["| sampler | memory | " + " | ".join(headings) + " |", "|---|---|" + "---|" * len(MEASURES)]
+    for key, run in report["runs"].items():
+        cells = []
+        for name in MEASURES:
+            s = run["summary"][name]
+            # Memory off runs the occlusion prompts only; the other measures would compare other prompts.
+            if (run["memory"] or name == "occlusion") and s["share"] is not None:
+                verdict = "PASS" if s["share"] >= CRITERIA[name] else "FAIL"
+                if name == "motion":
+                    verdict += f" (median ratio {s['median_ratio']:.2f})"
+                elif name == "occlusion":
+                    verdict += f" ({s['count']} events)"
+                cells.append(f"{s['share']:.1%} {verdict}")
+            else:
+                cells.append("n/a" if run["memory"] or name == "occlusion" else "-")
+        lines.append(f"| {run['sampler']} | {'on' if run['memory'] else 'off'} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(report: dict, out_dir: Path) -> None:
+    """One PNG per measure against time, one line per sampler (and memory off)."""
+    from matplotlib.figure import Figure  # renders through Agg without touching pyplot's global backend
+    labels = {"background": "share of clips with the named background",
+              "object_colors": "share of named object colors present",
+              "motion": "mean frame difference (0-255)",
+              "scene_cuts": "share of videos with a cut in the clip",
+              "occlusion": "share of returns in the same color"}
+    for name, label in labels.items():
+        figure = Figure(figsize=(7, 3.5))
+        axes = figure.subplots()
+        for key, run in report["runs"].items():
+            if not run["memory"] and name != "occlusion":  # it ran the occlusion prompts only, as in the table
+                continue
+            values = [math.nan if v is None else v for v in run["timelines"][name]]
+            if not all(math.isnan(v) for v in values):
+                axes.plot([CLIP_SECONDS * (k + 0.5) for k in range(len(values))], values, marker="o", label=key)
+        axes.set(xlabel="seconds (middle of each 2 s clip)", ylabel=label, title=name.replace("_", " "))
+        if axes.get_legend_handles_labels()[0]:
+            axes.legend()
+        figure.tight_layout()
+        figure.savefig(out_dir / f"{name}.png", dpi=100)
+
+
+# ----- the run -----
+def run_quality(checkpoint: str | Path, out_dir: Path, seconds: float = 60, prompts: list[str] | None = None,
+                samplers=SAMPLERS, steps: int | None = None, seed: int = 0,
+                progress: Callable[[str], None] = print, device: str = "cpu") -> dict:
+    """Generate every prompt with every sampler (and progressive with memory off on occlusion prompts),
+    measure, and write the mp4s, quality.json, table.md and one PNG per measure into `out_dir`.
+
+    Prompt `i` uses seed `seed + i` with every sampler, so the samplers differ only in how they sample.
+    """
+    import torch
+    from ..memory import load_checkpoint
+    from ..samplers import LongVideo, PromptSchedule, SamplerSettings, render_mp4
+
+    missing = [name for name in ("matplotlib", "scenedetect") if importlib.util.find_spec(name) is None]
+    if missing:  # say so before an hour of generation, not after it
+        raise ValueError(f"the quality benchmark needs {' and '.join(missing)}: "
+                         f"pip install \"comfyui-longtake[bench]\"")
+    prompts = list(PROMPTS if prompts is None else prompts)
+    if not prompts:
+        raise ValueError("give at least one prompt")
+    checks = [checks_for(p) for p in prompts]  # a prompt the world cannot read fails before any work
+    if seconds < CLIP_SECONDS:
+        raise ValueError(f"seconds must be at least one {CLIP_SECONDS:g} s clip, got {seconds:g}")
+    if not samplers:
+        raise ValueError(f"give at least one sampler of {', '.join(SAMPLERS)}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    base = SamplerSettings(**({"steps": steps} if steps else {}))
+    for mode in samplers:  # an unknown mode, or steps the progressive window cannot divide: before any video
+        replace(base, mode=mode).check()
+    model = load_checkpoint(checkpoint, device=device)
+    fps = model.config.fps
+    runs = [(mode, True) for mode in samplers]
+    if "progressive" in samplers and any(c.occlusion for c in checks):
+        runs.append(("progressive", False))
+    constants = dict(clip_seconds=CLIP_SECONDS, color_distance=COLOR_DISTANCE, present_share=PRESENT_SHARE,
+                     motion_seconds=MOTION_SECONDS, motion_kept=MOTION_KEPT, visible_pixels=VISIBLE_PIXELS,
+                     color_seconds=COLOR_SECONDS)
+    # Mode and seed vary per run and per video and are recorded there.
+    shared = {k: v for k, v in asdict(base).items() if k not in ("mode", "seed")}
+    report = dict(checkpoint=str(checkpoint), seconds=seconds, fps=fps, seed=seed, settings=shared,
+                  prompts=prompts, criteria=CRITERIA, constants=constants, runs={})
+    for mode, memory in runs:
+        key = mode if memory else f"{mode}-memory-off"
+        videos = []
+        for i, (prompt, check) in enumerate(zip(prompts, checks)):
+            if not memory and check.occlusion is None:
+                continue
+            settings = replace(base, mode=mode, seed=seed + i)
+            # Frames the denoiser sees at once: an object hidden longer can only come back through memory.
+            window = (settings.clean_in_front() + settings.window_chunks) * model.config.frames_per_chunk
+            path = out_dir / f"{key}-{i:02d}.mp4"
+            started = time.monotonic()
+            with torch.no_grad():
+                render_mp4(LongVideo(model, PromptSchedule.single(prompt), seconds, fps, settings,
+                                     use_memory=memory), path)
+            video = dict(prompt=prompt, seed=seed + i, window_frames=window, **measure_video(path, check, fps, window))
+            videos.append(video)
+            progress(f"{key} {i + 1}/{len(prompts)} ({time.monotonic() - started:.1f} s): {prompt}")
+        report["runs"][key] = dict(sampler=mode, memory=memory, summary=summarise(videos),
+                                   timelines=timelines(videos, round(CLIP_SECONDS * fps)), videos=videos)
+    (out_dir / "quality.json").write_text(json.dumps(report, indent=1))
+    (out_dir / "table.md").write_text(table(report) + "\n")
+    plot(report, out_dir)
+    return report
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help="the LongTake checkpoint to measure")
+    parser.add_argument("--out", default="quality", help="folder for mp4s, quality.json, table.md, PNGs (default quality)")
+    parser.add_argument("--seconds", type=float, default=60.0, help="length of each video (default 60)")
+    parser.add_argument("--prompts", help="a file of prompts, one a line (default: 20 built-in prompts)")
+    parser.add_argument("--samplers", nargs="+", choices=SAMPLERS, default=list(SAMPLERS),
+                        help="samplers to compare (default: all three)")
+    parser.add_argument("--steps", type=int, help="sampling steps (default: the sampler's default)")
+    parser.add_argument("--seed", type=int, default=0, help="prompt i uses seed + i (default 0)")
+    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: all cores)")
+    parser.add_argument("--fast", action="store_true", help=f"a smoke run: the first {FAST_PROMPTS} prompts, "
+                                                            f"{FAST_SECONDS:g} s each (overrides --seconds)")
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    import torch
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    prompts = read_prompts(args.prompts) if args.prompts else list(PROMPTS)
+    seconds = args.seconds
+    if args.fast:
+        prompts, seconds = prompts[:FAST_PROMPTS], FAST_SECONDS
+    out = Path(args.out)
+    report = run_quality(args.checkpoint, out, seconds, prompts, tuple(args.samplers), args.steps, args.seed,
+                         device=args.device)
+    print(table(report))
+    print(f"\nraw numbers in {out / 'quality.json'}; plots and mp4s in {out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="longtake bench quality", description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    return run_from_args(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    import sys
+    sys.exit(main())
