@@ -41,10 +41,6 @@ def _halvings(name: str, factor: int, at_least: int) -> int:
     return factor.bit_length() - 1
 
 
-def _groups(channels: int) -> int:
-    return math.gcd(channels, 8)
-
-
 class CausalCache:
     """Past input frames of every causal convolution: read from the previous call, kept for the next."""
 
@@ -92,42 +88,37 @@ class CausalConv3d(nn.Module):
         return rearrange(self.conv(windows), "(b t) c h w -> b c t h w", b=x.shape[0])
 
 
-class FrameGroupNorm(nn.GroupNorm):
-    """GroupNorm of each frame on its own: statistics over time would make chunked runs differ."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        frames = rearrange(x, "b c t h w -> (b t) c h w")
-        return rearrange(super().forward(frames), "(b t) c h w -> b c t h w", b=x.shape[0])
-
-
 class ResBlock2d(nn.Module):
-    """Per-frame residual block; frames arrive with time folded into batch."""
+    """Per-frame residual block; frames arrive with time folded into batch.
+
+    No normalisation anywhere in this VAE: the demo world's frames are mostly flat colour, whose features
+    have near-zero variance, and a group norm divides by it. The branch starts at zero instead, so every
+    block begins as the identity and training stays stable.
+    """
 
     def __init__(self, channels: int):
         super().__init__()
-        self.norm1 = nn.GroupNorm(_groups(channels), channels)
         self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
-        self.norm2 = nn.GroupNorm(_groups(channels), channels)
         self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        return x + self.conv2(F.silu(self.norm2(h)))
+        return x + self.conv2(F.silu(self.conv1(F.silu(x))))
 
 
 class CausalResBlock(nn.Module):
-    """Residual block of two causal 3D convolutions, normalised frame by frame."""
+    """Residual block of two causal 3D convolutions; starts as the identity (see ResBlock2d)."""
 
     def __init__(self, channels: int, kernel_t: int):
         super().__init__()
-        self.norm1 = FrameGroupNorm(_groups(channels), channels)
         self.conv1 = CausalConv3d(channels, channels, kernel_t)
-        self.norm2 = FrameGroupNorm(_groups(channels), channels)
         self.conv2 = CausalConv3d(channels, channels, kernel_t)
+        nn.init.zeros_(self.conv2.conv.weight)
+        nn.init.zeros_(self.conv2.conv.bias)
 
     def forward(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)), cache)
-        return x + self.conv2(F.silu(self.norm2(h)), cache)
+        return x + self.conv2(F.silu(self.conv1(F.silu(x), cache)), cache)
 
 
 class TimeFold(nn.Module):
@@ -185,6 +176,10 @@ class Encoder(nn.Module):
         self.folds = nn.ModuleList(TimeFold(width) for _ in range(time_halvings))
         self.blocks = nn.ModuleList(CausalResBlock(width, kernel_t) for _ in range(time_halvings))
         self.out = CausalConv3d(width, 2 * cfg.latent_channels, kernel_t)
+        # A linear path from each latent's block of pixels (its own frames only, so still causal) to the
+        # latent: colours reach the latent from the first step, the deep path learns the shapes.
+        self.pool = (cfg.time_factor, cfg.space_factor, cfg.space_factor)
+        self.shortcut = nn.Conv3d(cfg.image_channels, 2 * cfg.latent_channels, 1)
 
     def forward(self, pixels: torch.Tensor, cache: CausalCache) -> torch.Tensor:
         frames = rearrange(pixels, "b c t h w -> (b t) c h w")
@@ -192,9 +187,7 @@ class Encoder(nn.Module):
         x = rearrange(x, "(b t) c h w -> b c t h w", b=pixels.shape[0])
         for fold, block in zip(self.folds, self.blocks):
             x = block(fold(x), cache)
-        # No normalisation on the main path: over a flat-coloured frame a group norm cancels the very
-        # level that says which colour it is (the residual blocks normalise only their side branch).
-        return self.out(F.silu(x), cache)
+        return self.out(F.silu(x), cache) + self.shortcut(F.avg_pool3d(pixels, self.pool))
 
 
 class Decoder(nn.Module):
@@ -214,14 +207,18 @@ class Decoder(nn.Module):
                 ResBlock2d(widths[level]),
             )))
         self.out = Upsample2d(widths[1], cfg.image_channels)
+        # The mirror of the encoder's shortcut: each latent paints its block of pixels with a flat colour.
+        self.scale = (cfg.time_factor, cfg.space_factor, cfg.space_factor)
+        self.shortcut = nn.Conv3d(cfg.latent_channels, cfg.image_channels, 1)
 
     def forward(self, latents: torch.Tensor, cache: CausalCache) -> torch.Tensor:
         x = self.stem(latents, cache)
         for block, unfold in zip(self.blocks, self.unfolds):
             x = unfold(block(x, cache), cache)
         frames = self.spatial(rearrange(x, "b c t h w -> (b t) c h w"))
-        frames = self.out(F.silu(frames))  # no norm here either, see Encoder.forward
-        return rearrange(frames, "(b t) c h w -> b c t h w", b=latents.shape[0])
+        frames = self.out(F.silu(frames))
+        coarse = F.interpolate(self.shortcut(latents), scale_factor=self.scale, mode="nearest")
+        return rearrange(frames, "(b t) c h w -> b c t h w", b=latents.shape[0]) + coarse
 
 
 class CausalVideoVAE(nn.Module):

@@ -23,10 +23,10 @@ from .data import to_pixels
 
 @dataclass
 class VAETraining:
-    steps: int = 4000
+    steps: int = 3000
     batch: int = 4               # clips per step (per rank)
     frames: int = 16             # frames per clip: 2 chunks, so the causal cache is exercised
-    lr: float = 5e-4
+    lr: float = 1e-3
     warmup: int = 100
     l1_weight: float = 0.5       # L1 next to MSE keeps edges sharp
     kl_weight: float = 1e-6      # just enough to keep the latent space smooth for diffusion
