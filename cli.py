@@ -126,6 +126,11 @@ def cmd_train(args) -> int:
     from .training.vocab import VOCAB
 
     out = Path(args.out)
+    if args.stage == "export":
+        from .training.train_denoiser import export
+        path = export(out)
+        print(f"wrote {path} from the latest training state in {out}")
+        return _ship(path) if args.ship else 0
     source = VideoFolder(args.videos, resolution=64) if args.videos else DemoWorld(seed=args.data_seed)
     if args.stage in ("vae", "demo") and not args.init:
         heldout = source if args.videos else DemoWorld(seed=args.data_seed + 1)
@@ -220,14 +225,15 @@ def build_parser() -> argparse.ArgumentParser:
     gen.set_defaults(run=cmd_generate)
 
     train = commands.add_parser("train", help="train the VAE, the denoiser, or both (the demo model recipe)")
-    train.add_argument("stage", choices=("vae", "denoiser", "demo"), help="demo = vae then denoiser")
+    train.add_argument("stage", choices=("vae", "denoiser", "demo", "export"),
+                       help="demo = vae then denoiser; export = a model from the latest saved state of a denoiser run")
     train.add_argument("--out", default="runs/demo", help="run folder: logs, resumable state, previews, model")
     train.add_argument("--videos", help="a folder of your own videos, each with a .txt caption beside it")
     train.add_argument("--init", help="fine-tune from this LongTake checkpoint (its VAE and vocabulary)")
     train.add_argument("--memory", choices=("none", "malt", "lstm"), default="malt")
-    train.add_argument("--width", type=int, default=192)
-    train.add_argument("--depth", type=int, default=6)
-    train.add_argument("--heads", type=int, default=6)
+    train.add_argument("--width", type=int, default=128, help="denoiser width (default 128)")
+    train.add_argument("--depth", type=int, default=6, help="denoiser blocks (default 6)")
+    train.add_argument("--heads", type=int, default=4, help="attention heads (default 4)")
     train.add_argument("--vae-steps", type=int)
     train.add_argument("--denoiser-steps", type=int)
     train.add_argument("--batch", type=int, help="windows per step per process (default 16)")

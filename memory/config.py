@@ -41,9 +41,9 @@ class DenoiserConfig:
     latent_size: int = 8           # latent height = width
     patch: int = 2
     chunk_frames: int = 2          # latent frames per chunk; a chunk always shares one noise level
-    width: int = 192
+    width: int = 128
     depth: int = 6
-    heads: int = 6
+    heads: int = 4
     mlp_ratio: float = 4.0
     text_width: int = 128
     block_causal: bool = True      # a chunk never attends to later chunks

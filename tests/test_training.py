@@ -7,7 +7,7 @@ import torch
 from helpers import small_model_config
 from longtake.memory import TextConfig, load_checkpoint
 from longtake.training.data import DemoWorld, VideoFolder
-from longtake.training.train_denoiser import DenoiserTraining, noise_layout, train_denoiser
+from longtake.training.train_denoiser import DenoiserTraining, export, noise_layout, train_denoiser
 from longtake.training.train_vae import VAETraining, load_trained_vae, train_vae
 from longtake.training.vocab import VOCAB
 
@@ -48,6 +48,9 @@ def test_denoiser_stage_ships_a_loadable_model_and_resumes_exactly(trained_vae, 
     # A run stopped after 2 steps (its state saved) and started again reaches the same weights.
     denoise(tmp_path / "split", 2, vae_dir)
     (tmp_path / "split" / "model.safetensors").unlink()
+    # A usable model can be taken from the saved state of a run at any time.
+    early = load_checkpoint(export(tmp_path / "split"))
+    assert early.config.record["denoiser"]["steps"] == 2
     resumed = load_checkpoint(denoise(tmp_path / "split", 4, vae_dir))
     for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name

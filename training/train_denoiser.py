@@ -33,7 +33,7 @@ from .data import to_pixels
 
 @dataclass
 class DenoiserTraining:
-    steps: int = 12000
+    steps: int = 4000
     batch: int = 16
     lr: float = 4e-4
     warmup: int = 300
@@ -222,7 +222,9 @@ def train_denoiser(config: ModelConfig, vae_state: dict, source, out: Path, sett
                   f"{time.monotonic() - started:6.0f} s", flush=True)
         if rank == 0 and (step + 1) % settings.save_every == 0:
             save_training_state(state_path, model, ema, optimizer,
-                                {"step": step + 1, "seconds": time.monotonic() - started, "loss": smoothed})
+                                {"step": step + 1, "seconds": time.monotonic() - started, "loss": smoothed,
+                                 "config": config.replace(record=dict(record, denoiser=dict(
+                                     data_seed=settings.seed, settings=asdict(settings)))).to_json()})
         if rank == 0 and settings.preview_every and (step + 1) % settings.preview_every == 0:
             preview(model, ema, settings, out / "previews" / f"step_{step + 1:06d}.mp4")
 
@@ -236,6 +238,30 @@ def train_denoiser(config: ModelConfig, vae_state: dict, source, out: Path, sett
     save_checkpoint(final, path, config=config.replace(record=record))
     preview(model, ema, settings, out / "previews" / "final.mp4")
     print(f"saved {path}", flush=True)
+    return path
+
+
+def export(out: Path) -> Path:
+    """The EMA weights of the latest saved training state as a LongTake checkpoint: a usable model from a
+    run that is still going or was stopped early."""
+    from safetensors import safe_open
+    state_path = out / "denoiser_train_state.safetensors"
+    if not state_path.exists():
+        raise ValueError(f"{state_path}: no denoiser training state to export")
+    with safe_open(str(state_path), "pt") as f:
+        meta = json.loads(f.metadata()["progress"])
+    config = ModelConfig.from_json(meta["config"])
+    model = LongTakeModel(config)
+    tensors = load_file(str(state_path))
+    model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(tensors[f"ema.{name}"])
+    record = dict(config.record, denoiser=dict(config.record.get("denoiser", {}), steps=meta["step"],
+                                               final_loss=round(meta["loss"], 4), seconds=round(meta["seconds"]),
+                                               hardware=hardware(), exported_from_state=True))
+    path = out / "model.safetensors"
+    save_checkpoint(model.eval(), path, config=config.replace(record=record))
     return path
 
 
