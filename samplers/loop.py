@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from ..memory.model import LongTakeModel
+from ..memory.text import blend
 from .prompts import PromptSchedule
 from .schedule import check_progressive, time_grid
 from .window import Chunk, Window, progressive, replacement
@@ -110,7 +111,6 @@ class Conditioner:
         parts = [self._encode(prompt) for prompt, _ in weights]
         if len(parts) == 1:
             return parts[0]
-        from ..memory.text import blend
         return blend(parts[0], parts[1], weights[1][1])
 
     def denoise(self, x: torch.Tensor, t: torch.Tensor, indexes: list[int]) -> torch.Tensor:
