@@ -237,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--vae-steps", type=int)
     train.add_argument("--denoiser-steps", type=int)
     train.add_argument("--batch", type=int, help="windows per step per process (default 16)")
-    train.add_argument("--cache-videos", type=int, help="videos encoded into the latent cache (default 1200)")
+    train.add_argument("--cache-videos", type=int, help="videos encoded into the latent cache (default 600)")
     train.add_argument("--data-seed", type=int, default=0)
     train.add_argument("--ship", action="store_true", help="also write the result as the bundled demo model (float16)")
     train.set_defaults(run=cmd_train)

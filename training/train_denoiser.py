@@ -33,13 +33,13 @@ from .data import to_pixels
 
 @dataclass
 class DenoiserTraining:
-    steps: int = 4000
+    steps: int = 3000
     batch: int = 16
     lr: float = 4e-4
     warmup: int = 300
     weight_decay: float = 0.01
     ema_decay: float = 0.999
-    videos: int = 1200            # videos encoded once into the latent cache
+    videos: int = 600             # videos encoded once into the latent cache
     video_chunks: int = 24        # chunks per cached video (8 s at 24 fps)
     window_chunks: int = 4        # K noisy chunks behind the clean front chunk
     max_prefix: int = 14          # most chunks written into memory before the window
