@@ -167,6 +167,12 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_bench_sheet(args) -> int:
+    from .bench.sheet import contact_sheet
+    print(f"wrote {contact_sheet(args.video, args.out, every=args.every, columns=args.columns)}")
+    return 0
+
+
 def cmd_bench_quality(args) -> int:
     from .bench.quality import run_from_args
     return run_from_args(args)
@@ -248,6 +254,12 @@ def build_parser() -> argparse.ArgumentParser:
     quality = benches.add_parser("quality", help="long-horizon quality of the samplers: prompt, motion, cuts, memory")
     add_quality_arguments(quality)
     quality.set_defaults(run=cmd_bench_quality)
+    sheet = benches.add_parser("sheet", help="a contact sheet PNG: a frame every few seconds of a video")
+    sheet.add_argument("video")
+    sheet.add_argument("--out", default="sheet.png")
+    sheet.add_argument("--every", type=float, default=5.0, help="seconds between frames (default 5)")
+    sheet.add_argument("--columns", type=int, default=6)
+    sheet.set_defaults(run=cmd_bench_sheet)
     return parser
 
 

@@ -226,3 +226,15 @@ def test_cli_generate_resume_and_errors(model, tmp_path, capsys):
     assert main(["generate", "--schedule", str(schedule), "--out", str(tmp_path / "d.mp4"), *common]) == 2
     assert "line 2" in capsys.readouterr().err
     assert not (tmp_path / "d.mp4").exists()
+
+
+def test_contact_sheet_of_a_rendered_video(tmp_path):
+    from longtake.bench.sheet import contact_sheet
+    from longtake.training import world
+    scene = world.scene_from_prompt("a red ball bouncing on a black background", seed=0)
+    with Mp4Writer(tmp_path / "v.mp4", fps=24) as writer:
+        writer.write(world.render(scene, 0, 24 * 6))
+    sheet = contact_sheet(tmp_path / "v.mp4", tmp_path / "sheet.png", every=2, columns=3)
+    import matplotlib.image
+    image = matplotlib.image.imread(sheet)
+    assert image.shape[0] > 128 and image.shape[1] > 3 * 128

@@ -47,7 +47,7 @@ class DenoiserTraining:
     text_dropout: float = 0.1     # null prompt, for classifier-free guidance
     progressive_share: float = 0.6
     independent_share: float = 0.25
-    fill_share: float = 0.1       # windows still filling up at a video's start
+    fill_share: float = 0.3       # windows still filling up at a video's start: text alone must carry them
     occlusion_share: float = 0.25 # windows where an object comes back from behind the pillar
     occlusion_drop: float = 0.6   # ...with prompts that often leave its color out, so only memory has it
     shift: float = 1.0
