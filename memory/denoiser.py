@@ -153,6 +153,10 @@ class Block(nn.Module):
         self.lstm = LstmMemory(width, cfg.lstm_width) if lstm else None
         self.norm2 = nn.LayerNorm(width)
         self.cross = Attention(width, cfg.heads, context_width=cfg.text_width)
+        # Text enters silently and grows only as it proves useful: an untrained text encoder's noise,
+        # injected at full strength, teaches the model to flatten all prompts into one.
+        nn.init.zeros_(self.cross.out.weight)
+        nn.init.zeros_(self.cross.out.bias)
         self.norm3 = nn.LayerNorm(width, elementwise_affine=False)
         hidden = int(width * cfg.mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, width))
@@ -198,6 +202,8 @@ class Denoiser(nn.Module):
         self.spatial_position = nn.Parameter(torch.randn(cfg.tokens_per_frame, width) * 0.02)
         self.time_mlp = nn.Sequential(nn.Linear(256, width), nn.SiLU(), nn.Linear(width, width))
         self.text_pool = nn.Linear(cfg.text_width, width)
+        nn.init.zeros_(self.text_pool.weight)  # see Block: text starts silent
+        nn.init.zeros_(self.text_pool.bias)
         lstm_layers = set(cfg.lstm_layers) if cfg.memory == "lstm" else set()
         self.blocks = nn.ModuleList(Block(cfg, i in lstm_layers) for i in range(cfg.depth))
         self.final_norm = nn.LayerNorm(width, elementwise_affine=False)

@@ -217,9 +217,12 @@ def train_denoiser(config: ModelConfig, vae_state: dict, source, out: Path, sett
         smoothed = loss.item() if smoothed is None else 0.98 * smoothed + 0.02 * loss.item()
 
         if rank == 0 and (step % settings.log_every == 0 or step == settings.steps - 1):
-            log.write(step=step, loss=loss.item(), smoothed=smoothed, lr=lr, prefix=prefix_chunks)
+            extra = {"text_gain": text_gain(WindowLoss(model), latents, source, settings, device)} \
+                if step % settings.save_every == 0 else {}
+            log.write(step=step, loss=loss.item(), smoothed=smoothed, lr=lr, prefix=prefix_chunks, **extra)
             print(f"denoiser step {step:5d}  loss {loss.item():.4f}  smoothed {smoothed:.4f}  "
-                  f"{time.monotonic() - started:6.0f} s", flush=True)
+                  + (f"text gain {extra['text_gain']:+.4f}  " if extra else "")
+                  + f"{time.monotonic() - started:6.0f} s", flush=True)
         if rank == 0 and (step + 1) % settings.save_every == 0:
             save_training_state(state_path, model, ema, optimizer,
                                 {"step": step + 1, "seconds": time.monotonic() - started, "loss": smoothed,
@@ -263,6 +266,25 @@ def export(out: Path) -> Path:
     path = out / "model.safetensors"
     save_checkpoint(model.eval(), path, config=config.replace(record=record))
     return path
+
+
+@torch.no_grad()
+def text_gain(loss: WindowLoss, latents: torch.Tensor, source, settings: DenoiserTraining, device) -> float:
+    """How much the prompt helps: loss with null prompts minus loss with the right ones, on a fixed batch
+    of windows with no clean front chunk and every chunk at high noise (0.7 to 1), where only the text
+    says what the scene is, as for the first chunk of a video. It should grow as training goes on; near
+    zero means the model is ignoring its prompts."""
+    rng = random.Random(12345)
+    chunk = loss.model.config.denoiser.chunk_frames
+    videos = [rng.randrange(latents.shape[0]) for _ in range(16)]
+    window = latents[videos, :, :settings.window_chunks * chunk].float().to(device)
+    levels = 0.7 + 0.3 * torch.rand(len(videos), settings.window_chunks, generator=torch.Generator().manual_seed(0))
+    prefix = window[:, :, :0]
+    results = []
+    for prompts in ([source.prompts(v, 0.0)(0) for v in videos], [""] * len(videos)):
+        torch.manual_seed(0)
+        results.append(loss(prefix, window, levels, prompts, False, 0).item())
+    return results[1] - results[0]
 
 
 def shipped_model(model: LongTakeModel, ema: EMA) -> LongTakeModel:
