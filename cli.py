@@ -42,9 +42,14 @@ class ProgressBar:
 
     def __init__(self, stream=sys.stderr, width: int = 28):
         self.stream, self.width, self.started = stream, width, time.monotonic()
+        self.drawn = 0.0
 
     def __call__(self, p) -> None:
-        elapsed = time.monotonic() - self.started
+        now = time.monotonic()
+        if now - self.drawn < 0.2 and p.step < p.steps:  # a few redraws a second is plenty
+            return
+        self.drawn = now
+        elapsed = now - self.started
         done = p.step / max(p.steps, 1)
         left = elapsed / done - elapsed if done > 0 else 0.0
         bar = "#" * int(self.width * done) + "-" * (self.width - int(self.width * done))
