@@ -68,7 +68,6 @@ def _clock(seconds: float) -> str:
 
 
 def cmd_generate(args) -> int:
-    import numpy as np
     import torch
     from .memory import load_checkpoint
     from .samplers import LongVideo, PromptSchedule, SamplerSettings, render_mp4
@@ -123,7 +122,6 @@ def cmd_generate(args) -> int:
 
 def cmd_train(args) -> int:
     import dataclasses
-    import shutil
     from .memory import DenoiserConfig, ModelConfig, TextConfig, load_checkpoint
     from .training.data import DemoWorld, VideoFolder
     from .training.train_denoiser import DenoiserTraining, train_denoiser
@@ -163,12 +161,16 @@ def cmd_train(args) -> int:
     settings = dataclasses.replace(settings, **changes)
     record["command"] = "longtake " + " ".join(sys.argv[1:])
     path = train_denoiser(config, vae_state, source, out, settings, record)
-    if args.ship:
-        from .memory import save_checkpoint
-        model = load_checkpoint(path)
-        DEMO_MODEL.parent.mkdir(exist_ok=True)
-        save_checkpoint(model, DEMO_MODEL, dtype=torch_half())
-        print(f"shipped {DEMO_MODEL} ({DEMO_MODEL.stat().st_size / 1e6:.1f} MB, float16)")
+    return _ship(path) if args.ship else 0
+
+
+def _ship(path: Path) -> int:
+    """Install a trained model as the bundled demo model, stored in float16 to keep the repository small."""
+    import torch
+    from .memory import load_checkpoint, save_checkpoint
+    DEMO_MODEL.parent.mkdir(exist_ok=True)
+    save_checkpoint(load_checkpoint(path), DEMO_MODEL, dtype=torch.float16)
+    print(f"shipped {DEMO_MODEL} ({DEMO_MODEL.stat().st_size / 1e6:.1f} MB, float16)")
     return 0
 
 
@@ -181,11 +183,6 @@ def cmd_bench_sheet(args) -> int:
 def cmd_bench_quality(args) -> int:
     from .bench.quality import run_from_args
     return run_from_args(args)
-
-
-def torch_half():
-    import torch
-    return torch.float16
 
 
 def _read_text(path: str) -> str:

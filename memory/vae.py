@@ -21,8 +21,6 @@ number of frames per convolution, so its size does not depend on how long the vi
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from einops import rearrange

@@ -132,3 +132,14 @@ def test_info_on_a_bad_file_exits_nonzero_with_the_message(tmp_path):
     assert result.returncode != 0
     assert str(path) in result.stderr and "not a safetensors file" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_half_precision_storage_halves_the_file_and_loads_as_the_rounded_weights(saved, tmp_path):
+    model, full = saved
+    half = tmp_path / "half.safetensors"
+    save_checkpoint(model, half, dtype=torch.float16)
+    assert half.stat().st_size < 0.6 * full.stat().st_size
+    loaded = load_checkpoint(half)
+    for name, tensor in model.state_dict().items():
+        expected = tensor.half().to(tensor.dtype) if tensor.is_floating_point() else tensor
+        assert torch.equal(loaded.state_dict()[name], expected), name
