@@ -117,7 +117,6 @@ class WindowLoss(torch.nn.Module):
         chunk = model.config.denoiser.chunk_frames
         tokens, bias = model.text(prompts)
         memory = model.denoiser.initial_state(window.shape[0])
-        memory = {k: v.to(window.device) for k, v in memory.items()}
         writes = prefix.shape[2] // chunk
         for i in range(writes):
             piece = prefix[:, :, i * chunk:(i + 1) * chunk]
@@ -291,9 +290,7 @@ def shipped_model(model: LongTakeModel, ema: EMA) -> LongTakeModel:
     """A copy of the model carrying the EMA weights."""
     import copy
     final = copy.deepcopy(model).cpu()
-    ema_cpu = EMA.__new__(EMA)
-    ema_cpu.shadow = {k: v.cpu() for k, v in ema.shadow.items()}
-    ema_cpu.copy_to(final)
+    ema.copy_to(final)  # copy_ moves the averages across devices
     return final.eval()
 
 
