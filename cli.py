@@ -152,7 +152,7 @@ def cmd_train(args) -> int:
     else:
         vae, vae_config, vae_record = load_trained_vae(out)
         vocab = VOCAB + tuple(sorted(source.words() - set(VOCAB))) if args.videos else VOCAB
-        denoiser = DenoiserConfig(memory=args.memory, width=args.width, depth=args.depth, heads=args.heads)
+        denoiser = DenoiserConfig(latent_channels=vae_config.latent_channels, memory=args.memory, width=args.width, depth=args.depth, heads=args.heads)
         config = ModelConfig(vae=vae_config, text=TextConfig(vocab=vocab), denoiser=denoiser)
         vae_state, record = vae.state_dict(), {"vae": vae_record}
     settings = DenoiserTraining(seed=args.data_seed)

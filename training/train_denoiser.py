@@ -8,7 +8,8 @@ through the last few writes (truncated backprop through time). Noise levels per 
   table with a random shift), warped by the sampling shift;
 - independent levels per chunk (any layout the samplers might produce);
 - one shared level for all noisy chunks, with the front chunk clean (RN) or noised alike (RW);
-and, now and then, windows at a video's start that are still filling up (no front chunk yet).
+and, now and then, windows at a video's start that are still filling up (no front chunk yet), some of
+them near pure noise, where only the prompt says what the scene is.
 """
 from __future__ import annotations
 
@@ -47,7 +48,8 @@ class DenoiserTraining:
     text_dropout: float = 0.1     # null prompt, for classifier-free guidance
     progressive_share: float = 0.6
     independent_share: float = 0.25
-    fill_share: float = 0.3       # windows still filling up at a video's start: text alone must carry them
+    fill_share: float = 0.2       # windows still filling up at a video's start, progressive levels
+    opening_share: float = 0.2    # a video's first chunks at mostly high noise: only the prompt tells the scene
     occlusion_share: float = 0.25 # windows where an object comes back from behind the pillar
     occlusion_drop: float = 0.6   # ...with prompts that often leave its color out, so only memory has it
     shift: float = 1.0
@@ -182,7 +184,8 @@ def train_denoiser(config: ModelConfig, vae_state: dict, source, out: Path, sett
         # One window shape per step, so the batch is one tensor.
         drop = None
         kind = rng.random()
-        if kind < settings.fill_share:
+        opening = kind < settings.opening_share
+        if kind < settings.opening_share + settings.fill_share:
             has_front, noisy, prefix_chunks = False, rng.randint(1, k), 0
         else:
             has_front, noisy = True, k
@@ -205,7 +208,13 @@ def train_denoiser(config: ModelConfig, vae_state: dict, source, out: Path, sett
         prefix, window = clips[:, :, :prefix_chunks * chunk], clips[:, :, prefix_chunks * chunk:]
         prompts = ["" if rng.random() < settings.text_dropout else source.prompts(v, drop)(rng.randrange(1 << 30))
                    for v in videos]
-        levels = noise_layout(settings, settings.batch, noisy, has_front, rng)
+        if opening:
+            # Everywhere else a clean or lightly noised chunk shows the scene, and the model learns to copy
+            # it rather than read the prompt. Sampling has no such chunk at the start of a video, so here
+            # the levels crowd near pure noise (a third above 0.95), where the prompt is all there is.
+            levels = 1 - 0.5 * torch.rand(settings.batch, noisy).pow(2)
+        else:
+            levels = noise_layout(settings, settings.batch, noisy, has_front, rng)
 
         loss = objective(prefix, window, levels, prompts, has_front, settings.grad_writes)
         optimizer.zero_grad(set_to_none=True)
