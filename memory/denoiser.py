@@ -186,7 +186,7 @@ class Block(nn.Module):
 
         # Each chunk's tokens read that chunk's own prompt, so prompts can change from chunk to chunk.
         per_chunk = self.norm2(x).reshape(batch, chunks, -1, width)
-        x = x + self.cross(per_chunk, text, mask=text_bias[:, :, None, None, :]).view_as(x)
+        x = x + self.cross(per_chunk, text, mask=text_bias[:, :, None, None, :].to(x.dtype)).view_as(x)
 
         h = self.mlp(modulate(self.norm3(x), shift2, scale2))
         return x + gate2[:, :, None] * h, lstm_end
@@ -230,12 +230,13 @@ class Denoiser(nn.Module):
             return {"lstm.h": torch.zeros(shape, device=device), "lstm.c": torch.zeros(shape, device=device)}
         return {}
 
-    def _layer_memory(self, state: State, layer: int):
+    def _layer_memory(self, state: State, layer: int, dtype: torch.dtype):
+        """This layer's part of the (float32) memory state, in the dtype the model computes in."""
         if self.cfg.memory == "malt":
-            return state["malt.slots"][:, layer]
+            return state["malt.slots"][:, layer].to(dtype)
         if self.blocks[layer].lstm is not None:
             k = self.lstm_layers.index(layer)
-            return state["lstm.h"][:, k], state["lstm.c"][:, k]
+            return state["lstm.h"][:, k].to(dtype), state["lstm.c"][:, k].to(dtype)
         return None
 
     # ----- forward -----
@@ -261,10 +262,12 @@ class Denoiser(nn.Module):
         if text.shape[1] != chunks:
             raise ValueError(f"conditioning has {text.shape[1]} chunks, the window {chunks}")
 
+        dtype = self.patch_in.weight.dtype  # inputs and memory arrive in float32; compute in the weights' dtype
+        x, text = x.to(dtype), text.to(dtype)
         tokens = rearrange(x, "b c t (h p) (w q) -> b t (h w) (c p q)", p=cfg.patch, q=cfg.patch)
         h = self.patch_in(tokens) + self.spatial_position
 
-        weights = torch.softmax(text_bias, dim=-1)[..., None]
+        weights = torch.softmax(text_bias.float(), dim=-1)[..., None].to(dtype)
         pooled = self.text_pool((weights * text).sum(-2))
         cond = self.time_mlp(timestep_embedding(t, 256).to(h.dtype)) + pooled.repeat_interleave(cfg.chunk_frames, dim=1)
         cond = F.silu(cond)
@@ -273,7 +276,7 @@ class Denoiser(nn.Module):
         rotary = rotary_tables(frames, cfg.tokens_per_frame, cfg.width // cfg.heads, x.device)
         layer_outputs, lstm_ends = [], []
         for i, block in enumerate(self.blocks):
-            h, lstm_end = block(h, cond, text, text_bias, mask, rotary, self._layer_memory(state, i))
+            h, lstm_end = block(h, cond, text, text_bias, mask, rotary, self._layer_memory(state, i, h.dtype))
             layer_outputs.append(h)
             if lstm_end is not None:
                 lstm_ends.append(lstm_end)
@@ -289,8 +292,9 @@ class Denoiser(nn.Module):
 
         `text`/`text_bias`: `[B, L, Dt]`/`[B, L]` for one prompt, or `[B, N, L, Dt]`/`[B, N, L]` per chunk.
         `state`: the memory, as from `initial_state` or `write`; it is only read here.
+        The velocity is float32 whatever dtype the model computes in, so samplers step in float32.
         """
-        return self._run(x, t, text, text_bias, state)[0]
+        return self._run(x, t, text, text_bias, state)[0].float()
 
     def write(self, state: State, chunk: torch.Tensor, text, text_bias, noise: torch.Tensor | None = None) -> State:
         """The memory after `chunk` (clean latents `[B, C, chunk_frames, H, W]`) has left the window.

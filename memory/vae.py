@@ -258,16 +258,17 @@ class CausalVideoVAE(nn.Module):
     def _encode(self, pixels: torch.Tensor, cache: Cache | None) -> tuple[torch.Tensor, torch.Tensor, Cache]:
         self._check_pixels(pixels)
         state = CausalCache(cache)
-        mean, logvar = self.encoder(pixels, state).chunk(2, dim=1)
+        mean, logvar = self.encoder(pixels.to(self.latent_mean.dtype), state).float().chunk(2, dim=1)
         return mean, logvar, state.next
 
     def _per_channel(self, buffer: torch.Tensor) -> torch.Tensor:
         return buffer.view(1, -1, 1, 1, 1)
 
     def encode(self, pixels: torch.Tensor, cache: Cache | None = None) -> tuple[torch.Tensor, Cache]:
-        """Normalised latent means of `pixels`; `cache=None` starts a video, pass the returned cache on."""
+        """Normalised latent means of `pixels` (float32 whatever the weights' dtype); `cache=None` starts a
+        video, pass the returned cache on."""
         mean, _, cache = self._encode(pixels, cache)
-        return (mean - self._per_channel(self.latent_mean)) / self._per_channel(self.latent_std), cache
+        return (mean - self._per_channel(self.latent_mean.float())) / self._per_channel(self.latent_std.float()), cache
 
     def moments(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Un-normalised (mean, logvar) of a whole clip from its start, for training."""
@@ -276,7 +277,7 @@ class CausalVideoVAE(nn.Module):
         return mean, logvar.clamp(-30.0, 20.0)
 
     def decode(self, latents: torch.Tensor, cache: Cache | None = None) -> tuple[torch.Tensor, Cache]:
-        """Pixels `[B, 3, time_factor * T, space_factor * h, space_factor * w]`, not clamped to [-1, 1].
+        """Pixels `[B, 3, time_factor * T, space_factor * h, space_factor * w]`, float32, not clamped to [-1, 1].
 
         `latents` are normalised, as `encode` returns them; the cache works as in `encode`.
         """
@@ -285,5 +286,6 @@ class CausalVideoVAE(nn.Module):
             raise ValueError(f"VAE latents must be [B, {channels}, T, h, w] with T >= 1, "
                              f"got {tuple(latents.shape)}")
         state = CausalCache(cache)
-        latents = latents * self._per_channel(self.latent_std) + self._per_channel(self.latent_mean)
-        return self.decoder(latents, state), state.next
+        latents = latents.to(self.latent_mean.dtype) * self._per_channel(self.latent_std) \
+            + self._per_channel(self.latent_mean)
+        return self.decoder(latents, state).float(), state.next

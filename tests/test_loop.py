@@ -241,3 +241,14 @@ def test_contact_sheet_of_a_rendered_video(tmp_path):
     import matplotlib.image
     image = matplotlib.image.imread(sheet)
     assert image.shape[0] >= 128 and image.shape[1] >= 3 * 128  # frames at 0, 2 and 4 s, enlarged twice
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_half_precision_model_samples_close_to_float32(model, dtype):
+    settings = SamplerSettings(**FAST)
+    reference = all_frames(LongVideo(model, "a red ball", seconds=1, fps=12, settings=settings))
+    import copy
+    half = copy.deepcopy(model).to(dtype)
+    frames = all_frames(LongVideo(half, "a red ball", seconds=1, fps=12, settings=settings))
+    assert frames.dtype == torch.float32 and frames.shape == reference.shape
+    assert (frames - reference).abs().mean() < 0.1
