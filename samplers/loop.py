@@ -32,7 +32,8 @@ from .schedule import check_progressive, time_grid
 from .window import Chunk, Window, progressive, replacement
 
 MODES = ("progressive", "rw", "rn")
-STATE_FORMAT = "1"
+STATE_FORMAT = "2"
+RECENT_CHUNKS = 6   # finished chunks kept as latents: they span the causal decoder's whole receptive field
 NOISE, WRITE, RENOISE = 0, 1, 2
 
 
@@ -151,6 +152,19 @@ class Boundary:
     pending: torch.Tensor | None     # decoded frames `[3, n, H, W]` not handed out yet
     chunks_done: int                 # chunks finished since the very start (all runs)
     frames_done: int                 # frames handed out since the very start (all runs)
+    recent: torch.Tensor | None = None  # latents of the last RECENT_CHUNKS finished chunks, oldest first
+
+
+@dataclass
+class GenerationState:
+    """Where a video stands after a finished chunk: resume it with `LongVideo(resume=state)`, in the
+    same process (the nodes chain segments this way) or from the file `save` writes."""
+    settings: SamplerSettings
+    boundary: Boundary
+    model: str                       # fingerprint of the model that made it
+
+    def save(self, path: str | Path) -> None:
+        save_state(path, self)
 
 
 class LongVideo:
@@ -161,11 +175,15 @@ class LongVideo:
     `cancelled` is set. `resumable=True` keeps the window full to the end (no drain), so that a state
     saved at the end continues exactly; states saved after a cancel or an interruption always do.
     `use_memory=False` never writes memory (the window alone), for comparisons.
+    `resume` is a `GenerationState` or a file saved from one.
+
+    `latents()` is the other way to run it: finished chunks as latents, undecoded (the ComfyUI nodes
+    decode in a node of their own). It makes whole chunks, so the last may run past `seconds`.
     """
 
     def __init__(self, model: LongTakeModel, prompts: PromptSchedule | str, seconds: float, fps: float,
                  settings: SamplerSettings = SamplerSettings(), *, start: torch.Tensor | None = None,
-                 resume: str | Path | None = None, blend_chunks: int = 2, resumable: bool = False,
+                 resume: GenerationState | str | Path | None = None, blend_chunks: int = 2, resumable: bool = False,
                  use_memory: bool = True,
                  progress: Callable[[Progress], None] | None = None, cancel: Callable[[], bool] | None = None):
         if not seconds > 0:
@@ -187,7 +205,11 @@ class LongVideo:
         self.latent_chunk_shape = (1, model.config.denoiser.latent_channels, model.config.denoiser.chunk_frames,
                                    model.config.denoiser.latent_size, model.config.denoiser.latent_size)
         if resume is not None:
-            settings, boundary = load_state(resume, model)
+            state = resume if isinstance(resume, GenerationState) else load_state(resume, model)
+            if state.model != config_fingerprint(model):  # (a file's model was checked as it loaded)
+                raise ValueError("this generation state was made by a different model than the one loaded; "
+                                 "continue it with the checkpoint that made it")
+            settings, boundary = state.settings, state.boundary
         else:
             boundary = Boundary(Window(), model.denoiser.initial_state(1), None, None, 0, 0)
         settings.check()
@@ -198,6 +220,7 @@ class LongVideo:
                                        first_index=boundary.window.next_index - len(boundary.window.noisy)
                                        - len(boundary.window.ready), memory=boundary.memory, writes=use_memory)
         self.boundary = boundary
+        self.context = boundary.recent  # latents just before this run's first chunk, for the decoder
         self.start = None if start is None else self._check_start(start)
         pending = 0 if boundary.pending is None else boundary.pending.shape[1]
         self.new_chunks = max(0, math.ceil((self.total_frames - pending) / self.frames_per_chunk))
@@ -230,6 +253,26 @@ class LongVideo:
         except Cancelled:
             self.cancelled = True
 
+    def latents(self) -> Iterator[torch.Tensor]:
+        """Each finished chunk's latents `[1, C, chunk_frames, h, w]`, `ceil(frames / frames_per_chunk)`
+        of them; frames a resumed state had decoded but not handed out are not repeated."""
+        chunks = math.ceil(self.total_frames / self.frames_per_chunk)
+        try:
+            if chunks == 0:
+                return
+            window = copy_window(self.boundary.window)
+            with torch.no_grad():
+                if self.start is not None:
+                    self._begin_from(self.start, window)
+                for finished, chunk in enumerate(self._sampler(window, chunks), 1):
+                    self._mark(window=window, decoder=None, chunks=1, frames=self.frames_per_chunk,
+                               latents=chunk.latents)
+                    yield chunk.latents
+                    if finished == chunks:
+                        break
+        except Cancelled:
+            self.cancelled = True
+
     def _frames(self) -> Iterator[torch.Tensor]:
         model, boundary = self.model, self.boundary
         remaining = self.total_frames
@@ -244,14 +287,16 @@ class LongVideo:
         with torch.no_grad():
             if self.start is not None:
                 decoder = self._begin_from(self.start, window)
-            sampler = self._sampler(window)
+            elif decoder is None and boundary.recent is not None:
+                _, decoder = model.vae.decode(boundary.recent)  # a state from `latents()`: restart the decoder
+            sampler = self._sampler(window, self.new_chunks)
             for finished, chunk in enumerate(sampler, 1):
                 pixels, decoder = model.vae.decode(chunk.latents, decoder)
                 pixels = pixels[0].clamp(-1, 1)
                 out, rest = pixels[:, :remaining], pixels[:, remaining:]
                 remaining -= out.shape[1]
                 self._mark(window=window, decoder=decoder, pending=rest if rest.shape[1] else None,
-                           chunks=1, frames=out.shape[1])
+                           chunks=1, frames=out.shape[1], latents=chunk.latents)
                 yield out
                 if finished == self.new_chunks:
                     break
@@ -274,13 +319,14 @@ class LongVideo:
         for chunk in chunks[:split]:
             self.conditioner.leave(chunk)
         window.clean = chunks[split:]
-        self._mark(window=window, decoder=decoder)
+        self.context = torch.cat([c.latents for c in chunks[-RECENT_CHUNKS:]], dim=2)
+        self._mark(window=window, decoder=decoder, recent=self.context)
         return decoder
 
-    def _sampler(self, window: Window):
+    def _sampler(self, window: Window, new_chunks: int):
         s, c = self.settings, self.conditioner
         shape, device = self.latent_chunk_shape, self.model.device
-        total = None if self.resumable else window.next_index + self.new_chunks - len(window.noisy) - len(window.ready)
+        total = None if self.resumable else window.next_index + new_chunks - len(window.noisy) - len(window.ready)
 
         def noise_for(index):
             return seeded_noise(s.seed, index, NOISE, shape).to(device)
@@ -300,16 +346,23 @@ class LongVideo:
             frames = self.boundary.frames_done - self.start_frames_done
             self.progress(Progress(self.steps_done, self.total_steps, frames, self.total_frames))
 
-    def _mark(self, window=None, decoder=None, pending=None, chunks=0, frames=0) -> None:
+    def _mark(self, window=None, decoder=None, pending=None, chunks=0, frames=0, latents=None, recent=None) -> None:
         b = self.boundary
+        if latents is not None:
+            recent = latents if b.recent is None else torch.cat([b.recent, latents], dim=2)
+            recent = recent[:, :, -RECENT_CHUNKS * latents.shape[2]:]
         self.boundary = Boundary(copy_window(window) if window is not None else b.window, self.conditioner.memory,
-                                 decoder if decoder is not None else b.decoder, pending,
-                                 b.chunks_done + chunks, b.frames_done + frames)
+                                 decoder if decoder is not None or chunks else b.decoder, pending,
+                                 b.chunks_done + chunks, b.frames_done + frames,
+                                 recent if recent is not None else b.recent)
 
     # ----- state -----
+    def state(self) -> GenerationState:
+        """The last boundary: `LongVideo(resume=...)` continues from exactly there."""
+        return GenerationState(self.settings, self.boundary, config_fingerprint(self.model))
+
     def save_state(self, path: str | Path) -> None:
-        """Write the last boundary: a later `LongVideo(resume=path)` continues from exactly there."""
-        save_state(path, self.boundary, self.settings, self.model)
+        self.state().save(path)
 
 
 def copy_window(window: Window) -> Window:
@@ -317,7 +370,8 @@ def copy_window(window: Window) -> Window:
                   [copy.copy(c) for c in window.ready], window.next_index)
 
 
-def save_state(path, boundary: Boundary, settings: SamplerSettings, model: LongTakeModel) -> None:
+def save_state(path, state: GenerationState) -> None:
+    boundary, settings = state.boundary, state.settings
     tensors, layout = {}, {}
     for part in ("clean", "noisy", "ready"):
         chunks = getattr(boundary.window, part)
@@ -325,22 +379,26 @@ def save_state(path, boundary: Boundary, settings: SamplerSettings, model: LongT
         tensors.update({f"window.{part}.{i}": c.latents for i, c in enumerate(chunks)})
     tensors.update({f"memory.{k}": v for k, v in boundary.memory.items()})
     tensors.update({f"decoder.{k}": v for k, v in (boundary.decoder or {}).items()})
-    if boundary.pending is not None:
-        tensors["pending"] = boundary.pending
+    for name in ("pending", "recent"):
+        if getattr(boundary, name) is not None:
+            tensors[name] = getattr(boundary, name)
     meta = dict(layout=layout, next_index=boundary.window.next_index, chunks_done=boundary.chunks_done,
-                frames_done=boundary.frames_done, settings=asdict(settings), model=config_fingerprint(model))
+                frames_done=boundary.frames_done, settings=asdict(settings), model=state.model)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path),
               metadata={"longtake_state": STATE_FORMAT, "generation": json.dumps(meta)})
 
 
-def load_state(path, model: LongTakeModel) -> tuple[SamplerSettings, Boundary]:
+def load_state(path, model: LongTakeModel) -> GenerationState:
     from ..memory.checkpoint import CheckpointError, read_header
     header = read_header(path)
     metadata = header.get("__metadata__") or {}
     if metadata.get("longtake_state") != STATE_FORMAT:
-        raise CheckpointError(path, "is not a LongTake generation state (save one with --save-state or the "
+        found = metadata.get("longtake_state")
+        raise CheckpointError(path, f"is a generation state of an older LongTake (format {found}, this one reads "
+                                    f"{STATE_FORMAT}); make it again" if found else
+                                    "is not a LongTake generation state (save one with --save-state or the "
                                     "Memory State node)")
     meta = json.loads(metadata["generation"])
     if meta["model"] != config_fingerprint(model):
@@ -354,8 +412,9 @@ def load_state(path, model: LongTakeModel) -> tuple[SamplerSettings, Boundary]:
     window = Window(chunks("clean"), chunks("noisy"), chunks("ready"), meta["next_index"])
     memory = {k[len("memory."):]: v for k, v in tensors.items() if k.startswith("memory.")}
     decoder = {k[len("decoder."):]: v for k, v in tensors.items() if k.startswith("decoder.")} or None
-    boundary = Boundary(window, memory, decoder, tensors.get("pending"), meta["chunks_done"], meta["frames_done"])
-    return SamplerSettings(**meta["settings"]), boundary
+    boundary = Boundary(window, memory, decoder, tensors.get("pending"), meta["chunks_done"], meta["frames_done"],
+                        tensors.get("recent"))
+    return GenerationState(SamplerSettings(**meta["settings"]), boundary, meta["model"])
 
 
 def render_mp4(video: LongVideo, path: str | Path, crf: int = 18) -> int:
