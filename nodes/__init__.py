@@ -1,3 +1,4 @@
-"""ComfyUI adapters. The five LongTake nodes land here (issue: node pack); none are registered yet."""
-NODE_CLASS_MAPPINGS: dict[str, type] = {}
-NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}
+"""ComfyUI adapters: the five LongTake nodes (see nodes.py) and the bridge to ComfyUI (comfy.py)."""
+from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+
+__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
