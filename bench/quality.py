@@ -44,7 +44,7 @@ MOTION_SECONDS = 10.0
 MOTION_KEPT = 0.5  # the last seconds move at least this much relative to the first
 VISIBLE_PIXELS = 16  # object pixels for the object to be in view: a whole 8 px object shows 40 or more
 COLOR_SECONDS = 1.0  # how long before vanishing and after coming back the object's color is taken over
-CRITERIA = {"background": 0.95, "object_colors": 0.90, "motion": 0.90, "single_scene": 0.90, "occlusion": 0.90}
+CRITERIA = {"background": 0.95, "object_colors": 0.90, "motion": 0.90, "single_scene": 0.90, "occlusion": 0.80}  # as the issue sets them
 MEASURES = {  # name: (table heading, unit the criterion counts)
     "background": ("background", "clips"),
     "object_colors": ("object colors", "clips"),
