@@ -33,7 +33,7 @@ def cmd_init(args) -> int:
     return 0
 
 
-SAMPLER_FLAGS = ("sampler", "steps", "window_chunks", "overlap", "shift", "guidance", "seed")
+SAMPLER_FLAGS = ("sampler", "steps", "window_chunks", "overlap", "shift", "guidance", "seed", "context_noise")
 DEMO_MODEL = Path(__file__).resolve().parent / "models" / "demo.safetensors"
 
 
@@ -86,7 +86,8 @@ def cmd_generate(args) -> int:
         window_chunks=args.window_chunks or defaults.window_chunks,
         overlap=defaults.overlap if args.overlap is None else args.overlap,
         shift=args.shift or defaults.shift, guidance=defaults.guidance if args.guidance is None else args.guidance,
-        seed=defaults.seed if args.seed is None else args.seed)
+        seed=defaults.seed if args.seed is None else args.seed,
+        context_noise=defaults.context_noise if args.context_noise is None else args.context_noise)
     settings.check()
     start = None
     if args.start:
@@ -224,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--shift", type=float, help="time-grid shift (default 1)")
     gen.add_argument("--guidance", type=float, help="classifier-free guidance scale (default 3)")
     gen.add_argument("--seed", type=int, help="random seed (default 0)")
+    gen.add_argument("--context-noise", type=float, help="level clean context chunks are noised to (default 0)")
     gen.add_argument("--blend-chunks", type=int, default=2, help="chunks over which a prompt change fades in")
     gen.add_argument("--start", help="a video or image to continue from")
     gen.add_argument("--save-state", help="write the generation state here at the end (or on Ctrl-C)")

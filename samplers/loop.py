@@ -34,7 +34,7 @@ from .window import Chunk, Window, progressive, replacement
 MODES = ("progressive", "rw", "rn")
 STATE_FORMAT = "2"
 RECENT_CHUNKS = 6   # finished chunks kept as latents: they span the causal decoder's whole receptive field
-NOISE, WRITE, RENOISE = 0, 1, 2
+NOISE, WRITE, RENOISE, CONTEXT = 0, 1, 2, 3
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,7 @@ class SamplerSettings:
     shift: float = 1.0            # time-grid warp; > 1 spends more steps at high noise
     guidance: float = 3.0         # classifier-free guidance scale on the text; 1 turns it off
     seed: int = 0
+    context_noise: float = 0.0    # clean context chunks are seen noised to this level (hides their errors)
 
     def check(self) -> None:
         if self.mode not in MODES:
@@ -60,6 +61,8 @@ class SamplerSettings:
             raise ValueError(f"shift must be positive, got {self.shift}")
         if not self.guidance >= 0:
             raise ValueError(f"guidance must be 0 or more, got {self.guidance}")
+        if not 0 <= self.context_noise < 1:
+            raise ValueError(f"context noise must lie in [0, 1), got {self.context_noise}")
 
     def clean_in_front(self) -> int:
         return 1 if self.mode == "progressive" else self.overlap
@@ -115,6 +118,16 @@ class Conditioner:
         return blend(parts[0], parts[1], weights[1][1])
 
     def denoise(self, x: torch.Tensor, t: torch.Tensor, indexes: list[int]) -> torch.Tensor:
+        level = self.settings.context_noise
+        if level > 0:  # the model sees clean chunks lightly noised; the window keeps them clean
+            x, t = x.clone(), t.clone()
+            frames = x.shape[2] // len(indexes)
+            for position, index in enumerate(indexes):
+                span = slice(position * frames, (position + 1) * frames)
+                if bool((t[:, span] == 0).all()):
+                    noise = seeded_noise(self.settings.seed, index, CONTEXT, x[:, :, span].shape).to(x)
+                    x[:, :, span] = (1 - level) * x[:, :, span] + level * noise
+                    t[:, span] = level
         tokens, bias = stack([self.conditioning(i) for i in indexes])
         guidance = self.settings.guidance
         if guidance == 1:

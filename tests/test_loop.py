@@ -40,9 +40,9 @@ def test_progressive_step_count_is_computed(model):
     assert video.steps_done == video.total_steps == 2 * (chunks + 3 - 1)
 
 
-@pytest.mark.parametrize("mode", ["progressive", "rw", "rn"])
-def test_resumed_run_continues_with_exactly_the_same_frames(model, tmp_path, mode):
-    settings = SamplerSettings(mode=mode, steps=4, window_chunks=2, guidance=2.0, seed=7)
+@pytest.mark.parametrize("mode,context_noise", [("progressive", 0.0), ("rw", 0.0), ("rn", 0.0), ("progressive", 0.1)])
+def test_resumed_run_continues_with_exactly_the_same_frames(model, tmp_path, mode, context_noise):
+    settings = SamplerSettings(mode=mode, steps=4, window_chunks=2, guidance=2.0, seed=7, context_noise=context_noise)
     whole = all_frames(LongVideo(model, "a red ball", seconds=2, fps=12, settings=settings))
     first = LongVideo(model, "a red ball", seconds=1, fps=12, settings=settings, resumable=True)
     head = all_frames(first)
@@ -252,3 +252,15 @@ def test_a_half_precision_model_samples_close_to_float32(model, dtype):
     frames = all_frames(LongVideo(half, "a red ball", seconds=1, fps=12, settings=settings))
     assert frames.dtype == torch.float32 and frames.shape == reference.shape
     assert (frames - reference).abs().mean() < 0.1
+
+
+def test_context_noise_shows_the_model_its_clean_chunks_noised(model, monkeypatch):
+    seen = []
+    forward = model.denoiser.forward
+    monkeypatch.setattr(model.denoiser, "forward", lambda x, t, *rest: seen.append(t.clone()) or forward(x, t, *rest))
+    settings = SamplerSettings(**FAST, context_noise=0.1)
+    noised = all_frames(LongVideo(model, "a red ball", seconds=1, fps=12, settings=settings))
+    assert all(bool((t > 0).all()) for t in seen)  # no frame reaches the model at t = 0
+    assert any(bool(torch.isclose(t, torch.tensor(0.1)).any()) for t in seen)
+    plain = all_frames(LongVideo(model, "a red ball", seconds=1, fps=12, settings=SamplerSettings(**FAST)))
+    assert not torch.equal(noised, plain)

@@ -53,6 +53,7 @@ class DenoiserTraining:
     occlusion_share: float = 0.25 # windows where an object comes back from behind the pillar
     occlusion_drop: float = 0.6   # ...with prompts that often leave its color out, so only memory has it
     shift: float = 1.0
+    context_noise: float = 0.15   # the clean front chunk is noised up to this level in half the windows
     preview_every: int = 3000
     preview_prompt: str = "a red ball bouncing on a black background"
     save_every: int = 250
@@ -94,10 +95,10 @@ def noise_layout(settings: DenoiserTraining, batch: int, noisy: int, front: bool
         u = torch.rand(batch, 1)
         slots = torch.arange(k - noisy, k, dtype=torch.float32)[None]  # a filling window holds the newest slots
         levels = ((slots + 1 - u) / k).clamp(1e-4, 1.0)
-        front_level = torch.zeros(batch, 1)
+        front_level = noised_context(settings, batch)
     elif kind < settings.progressive_share + settings.independent_share:
         levels = torch.rand(batch, noisy)
-        front_level = torch.zeros(batch, 1)
+        front_level = noised_context(settings, batch)
     else:
         shared = torch.rand(batch, 1)
         levels = shared.expand(batch, noisy)
@@ -105,6 +106,14 @@ def noise_layout(settings: DenoiserTraining, batch: int, noisy: int, front: bool
         front_level = torch.where(renoised, shared, torch.zeros_like(shared))
     levels = warp(levels.double(), settings.shift).float()
     return torch.cat([front_level, levels], dim=1) if front else levels
+
+
+def noised_context(settings: DenoiserTraining, batch: int) -> torch.Tensor:
+    """Levels `[B, 1]` for the front chunk: clean in half the windows, lightly noised in the rest. At sampling
+    the front chunk is the model's own output, not ground truth; noise hides the difference, so small errors
+    do not compound from chunk to chunk (the sampler's `context_noise` does the same)."""
+    noised = torch.rand(batch, 1) < 0.5
+    return torch.where(noised, settings.context_noise * torch.rand(batch, 1), torch.zeros(batch, 1))
 
 
 class WindowLoss(torch.nn.Module):
