@@ -218,10 +218,13 @@ class LongVideo:
         self.latent_chunk_shape = (1, model.config.denoiser.latent_channels, model.config.denoiser.chunk_frames,
                                    model.config.denoiser.latent_size, model.config.denoiser.latent_size)
         if resume is not None:
-            state = resume if isinstance(resume, GenerationState) else load_state(resume, model)
-            if state.model != config_fingerprint(model):  # (a file's model was checked as it loaded)
-                raise ValueError("this generation state was made by a different model than the one loaded; "
-                                 "continue it with the checkpoint that made it")
+            if isinstance(resume, GenerationState):
+                if resume.model != config_fingerprint(model):
+                    raise ValueError("this generation state was made by a different model than the one loaded; "
+                                     "continue it with the checkpoint that made it")
+                state = resume
+            else:
+                state = load_state(resume, model)  # checks the file's model itself, naming the file
             settings, boundary = state.settings, state.boundary
         else:
             boundary = Boundary(Window(), model.denoiser.initial_state(1), None, None, 0, 0)
@@ -364,6 +367,7 @@ class LongVideo:
         if latents is not None:
             recent = latents if b.recent is None else torch.cat([b.recent, latents], dim=2)
             recent = recent[:, :, -RECENT_CHUNKS * latents.shape[2]:]
+        # A finished chunk brings the decoder cache that decoded it, or None from `latents()`, which decodes nothing.
         self.boundary = Boundary(copy_window(window) if window is not None else b.window, self.conditioner.memory,
                                  decoder if decoder is not None or chunks else b.decoder, pending,
                                  b.chunks_done + chunks, b.frames_done + frames,
