@@ -136,20 +136,29 @@ def cmd_train(args) -> int:
         print(f"wrote {path} from the latest training state in {out}")
         return _ship(path) if args.ship else 0
     source = VideoFolder(args.videos, resolution=64) if args.videos else DemoWorld(seed=args.data_seed)
-    if args.stage in ("vae", "demo") and not args.init:
+    base = load_checkpoint(args.init) if args.init else None
+    if args.stage in ("vae", "demo"):
         heldout = source if args.videos else DemoWorld(seed=args.data_seed + 1)
         vae_settings = VAETraining(seed=args.data_seed)
         if args.vae_steps:
             vae_settings = dataclasses.replace(vae_settings, steps=args.vae_steps)
         from .memory.config import VAEConfig
-        train_vae(source, heldout, VAEConfig(), out, vae_settings)
+        if base is None:
+            train_vae(source, heldout, VAEConfig(), out, vae_settings)
+        else:
+            train_vae(source, heldout, base.config.vae, out, vae_settings, initial=base.vae.state_dict())
     if args.stage == "vae":
         return 0
 
-    if args.init:
-        base = load_checkpoint(args.init)
-        vae_state, config = base.vae.state_dict(), base.config
+    initial = None
+    if base is not None:
+        # A VAE fine-tuned in this run folder replaces the checkpoint's own.
+        tuned = (out / "vae.safetensors").exists()
+        vae_state = load_trained_vae(out)[0].state_dict() if tuned else base.vae.state_dict()
+        initial, config = base.state_dict(), base.config
         record = dict(base.config.record, fine_tuned_from=str(args.init))
+        if tuned:
+            record["vae"] = load_trained_vae(out)[2]
     else:
         vae, vae_config, vae_record = load_trained_vae(out)
         vocab = VOCAB + tuple(sorted(source.words() - set(VOCAB))) if args.videos else VOCAB
@@ -161,7 +170,7 @@ def cmd_train(args) -> int:
                if v}
     settings = dataclasses.replace(settings, **changes)
     record["command"] = "longtake " + " ".join(sys.argv[1:])
-    path = train_denoiser(config, vae_state, source, out, settings, record)
+    path = train_denoiser(config, vae_state, source, out, settings, record, initial=initial)
     return _ship(path) if args.ship else 0
 
 
@@ -239,7 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="demo = vae then denoiser; export = a model from the latest saved state of a denoiser run")
     train.add_argument("--out", default="runs/demo", help="run folder: logs, resumable state, previews, model")
     train.add_argument("--videos", help="a folder of your own videos, each with a .txt caption beside it")
-    train.add_argument("--init", help="fine-tune from this LongTake checkpoint (its VAE and vocabulary)")
+    train.add_argument("--init", help="fine-tune this LongTake checkpoint instead of starting fresh "
+                       "(vae: its VAE; denoiser: its weights, with a VAE fine-tuned in --out if there is one)")
     train.add_argument("--memory", choices=("none", "malt", "lstm"), default="malt")
     train.add_argument("--width", type=int, default=128, help="denoiser width (default 128)")
     train.add_argument("--depth", type=int, default=6, help="denoiser blocks (default 6)")

@@ -87,3 +87,20 @@ def test_video_folder_skips_bad_files_with_a_warning(tmp_path):
     frames, caption = folder.clip(0, 30)
     assert frames.shape == (30, 64, 64, 3) and caption == "a white background"
     assert abs(int(frames[5, 30, 30, 0]) - 200) <= 3
+
+
+def test_fine_tuning_starts_from_the_given_weights(trained_vae, tmp_path):
+    vae_dir, _ = trained_vae
+    base = load_checkpoint(denoise(tmp_path / "base", 2, vae_dir))
+    world = DemoWorld(seed=0)
+    # At learning rate 0 a fine-tune must hand back exactly what it started from.
+    train_vae(world, world, base.config.vae, tmp_path / "tuned", VAETraining(steps=1, **dict(TINY_VAE, warmup=1), lr=0.0),
+              initial=base.vae.state_dict())
+    vae = load_trained_vae(tmp_path / "tuned")[0]
+    for name, value in base.vae.state_dict().items():
+        assert torch.allclose(value, vae.state_dict()[name]), name
+    tuned = load_checkpoint(train_denoiser(base.config, vae.state_dict(), world, tmp_path / "tuned",
+                                           DenoiserTraining(steps=1, **TINY_DENOISER, lr=0.0), {},
+                                           initial=base.state_dict()))
+    for name, value in base.state_dict().items():
+        assert torch.allclose(value, tuned.state_dict()[name]), name

@@ -148,11 +148,14 @@ class WindowLoss(torch.nn.Module):
 
 
 def train_denoiser(config: ModelConfig, vae_state: dict, source, out: Path, settings: DenoiserTraining,
-                   record: dict) -> Path:
+                   record: dict, initial: dict | None = None) -> Path:
+    """`initial`: a trained model's weights to fine-tune from (its VAE is replaced by `vae_state`)."""
     rank, world, device = setup_distributed()
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(settings.seed)
     model = LongTakeModel(config)
+    if initial is not None:
+        model.load_state_dict(initial)
     model.vae.load_state_dict(vae_state)
     model = model.to(device)
     model.vae.requires_grad_(False)

@@ -30,6 +30,9 @@ class VAETraining:
     warmup: int = 100
     l1_weight: float = 0.5       # L1 next to MSE keeps edges sharp
     kl_weight: float = 1e-6      # just enough to keep the latent space smooth for diffusion
+    # The decoder also sees latents off by up to this share of each channel's spread, so that the small
+    # errors a denoiser makes decode to a clean frame instead of a patch of wrong colour.
+    decoder_noise: float = 0.2
     heldout_clips: int = 16
     log_every: int = 25
     save_every: int = 250
@@ -46,6 +49,9 @@ class ReconstructionLoss(torch.nn.Module):
     def forward(self, pixels: torch.Tensor):
         mean, logvar = self.vae.moments(pixels)
         latents = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)
+        spread = mean.detach().std(dim=(0, 2, 3, 4), keepdim=True)
+        level = self.settings.decoder_noise * torch.rand(mean.shape[0], 1, 1, 1, 1, device=mean.device)
+        latents = latents + level * spread * torch.randn_like(mean)
         recon, _ = self.vae.decode(latents)
         mse = (recon - pixels).pow(2).mean()
         l1 = (recon - pixels).abs().mean()
@@ -79,11 +85,19 @@ def latent_statistics(vae: CausalVideoVAE, source, clips: int = 64, frames: int 
     return values.mean(dim=1), values.std(dim=1)
 
 
-def train_vae(source, heldout, config: VAEConfig, out: Path, settings: VAETraining) -> dict:
+def train_vae(source, heldout, config: VAEConfig, out: Path, settings: VAETraining,
+              initial: dict | None = None) -> dict:
+    """`initial`: a trained VAE's weights to fine-tune from, instead of a fresh VAE."""
     rank, world, device = setup_distributed()
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(settings.seed)
-    vae = CausalVideoVAE(config).to(device)
+    vae = CausalVideoVAE(config)
+    if initial is not None:
+        vae.load_state_dict(initial)
+        # Training works on un-normalised latents; the statistics are measured again at the end.
+        vae.latent_mean.zero_()
+        vae.latent_std.fill_(1.0)
+    vae = vae.to(device)
     objective = ReconstructionLoss(vae, settings)
     if world > 1:
         objective = torch.nn.parallel.DistributedDataParallel(objective)

@@ -6,7 +6,7 @@ clips on the fly. Pixels are hard-edged palette colors, so a benchmark can read 
 "which object is where".
 
 Pillar scenes test memory: a full-height bar in front of the objects hides a slow object for more
-than two seconds per pass (longer than the denoiser's window), and it must come out unchanged.
+than 1.8 seconds per pass (longer than the denoiser's window), and it must come out unchanged.
 """
 from __future__ import annotations
 
@@ -35,12 +35,15 @@ SHAPES = ("ball", "square", "triangle")
 DIRECTIONS = ("left", "right", "up", "down")
 MOTIONS = ("bouncing",) + DIRECTIONS
 SPEEDS = {"slowly": (0.4, 0.8), "quickly": (1.5, 2.5)}  # pixels per frame
-OBJECT_SIZES = (8, 16)  # inclusive, pixels
+# Inclusive, pixels. Large enough that an object covers over 1% of the frame and more than one latent
+# position of the 8x-downsampling VAE, so its color survives encoding.
+OBJECT_SIZES = (12, 20)
 OCCLUSION_RATE = 0.3
-MIN_HIDDEN_FRAMES = 48  # promised per pass behind a pillar: 2 s, longer than the denoiser's window
-PILLAR_OBJECT_SIZE = 8
+# Promised per pass behind a pillar: longer than the denoiser's window (1 clean + 4 noisy chunks of 8 frames).
+MIN_HIDDEN_FRAMES = 44
+PILLAR_OBJECT_SIZE = 10
 # Narrow enough that the background stays the most frequent color: 64 - 30 = 34 columns of
-# background minus two 8 px objects still outnumber 30 columns of pillar.
+# background minus two 10 px objects still outnumber 30 columns of pillar.
 PILLAR_WIDTHS = (28, 30)  # inclusive, pixels
 START_RANGE = 10 * 60 * FPS  # sample_clip starts anywhere in the first ten minutes
 
