@@ -190,6 +190,11 @@ def cmd_bench_sheet(args) -> int:
     return 0
 
 
+def cmd_bench_speed(args) -> int:
+    from .bench.speed import run_from_args
+    return run_from_args(args)
+
+
 def cmd_bench_quality(args) -> int:
     from .bench.quality import run_from_args
     return run_from_args(args)
@@ -268,6 +273,10 @@ def build_parser() -> argparse.ArgumentParser:
     quality = benches.add_parser("quality", help="long-horizon quality of the samplers: prompt, motion, cuts, memory")
     add_quality_arguments(quality)
     quality.set_defaults(run=cmd_bench_quality)
+    from .bench.speed import add_arguments as add_speed_arguments
+    speed = benches.add_parser("speed", help="wall time, peak memory and FLOPs against video length")
+    add_speed_arguments(speed)
+    speed.set_defaults(run=cmd_bench_speed)
     sheet = benches.add_parser("sheet", help="a contact sheet PNG: a frame every few seconds of a video")
     sheet.add_argument("video")
     sheet.add_argument("--out", default="sheet.png")

@@ -1,0 +1,280 @@
+"""`longtake bench speed`: how long a video takes and how much memory it needs, against its length.
+
+Each video length is generated exactly as `longtake generate` makes it (sampling, streaming decode, mp4
+encode) in a fresh process of its own, so the peak resident memory it reports is that length's alone.
+Inside, the denoiser is metered: its calls are timed and counted by input shape, and the FLOPs of each
+shape are counted once afterwards with torch's FLOP counter, so metering does not slow the run.
+
+Besides the lengths: the three samplers at equal steps and overlap (model calls, FLOPs and wall time per
+output frame); a full-history baseline, every past chunk in the window and no memory, whose cost grows
+with the length; and the denoiser's achieved FLOP/s against a matrix multiply measured in the same run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+
+LENGTHS = (10.0, 60.0, 240.0)
+FULL_HISTORY_LENGTHS = (2.0, 4.0, 8.0)
+SAMPLER_SECONDS = 10.0
+SAMPLERS = ("progressive", "rw", "rn")
+FAST = dict(lengths=(1.0, 2.0), full_history=(1.0, 2.0), sampler_seconds=1.0)
+PROMPT = "a red ball bouncing on a black background"
+FULL_HISTORY = 10 ** 6  # RN with this many condition chunks keeps every past chunk in the window
+
+
+def _sync(device) -> None:
+    import torch
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _sdpa_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:
+    """Attention FLOPs from the shapes: QK^T and the weighted sum of V, 2 per multiply-add."""
+    batch = math.prod(query[:-2])
+    return 2 * batch * query[-2] * key[-2] * (query[-1] + value[-1])
+
+
+class DenoiserMeter:
+    """Times every denoiser pass (sampling and memory writes) and counts them by input shape."""
+
+    def __init__(self, model, device):
+        self.denoiser, self.device = model.denoiser, device
+        self.original = model.denoiser._run
+        self.calls: Counter = Counter()
+        self.examples: dict = {}
+        self.seconds = 0.0
+        model.denoiser._run = self._timed
+
+    def _timed(self, x, t, text, text_bias, state):
+        _sync(self.device)
+        started = time.perf_counter()
+        result = self.original(x, t, text, text_bias, state)
+        _sync(self.device)
+        self.seconds += time.perf_counter() - started
+        key = (tuple(x.shape), tuple(text.shape))
+        if key not in self.examples:
+            self.examples[key] = (x.clone(), t.clone(), text.clone(), text_bias.clone(),
+                                  {k: v.clone() for k, v in state.items()})
+        self.calls[key] += 1
+        return result
+
+    def flops(self) -> int:
+        """Model FLOPs of all the passes counted so far."""
+        import torch
+        from torch.utils.flop_counter import FlopCounterMode
+        # The CPU's fused attention has no formula of its own in torch's counter.
+        custom = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_flops}
+        total = 0
+        for key, calls in self.calls.items():
+            with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=custom) as counter:
+                self.original(*self.examples[key])
+            total += counter.get_total_flops() * calls
+        return total
+
+    @property
+    def passes(self) -> int:
+        return sum(self.calls.values())
+
+
+def matmul_peak(device, dtype, size: int = 1024, seconds: float = 1.0) -> float:
+    """FLOP/s of square matrix multiplies, the best this device does in `dtype`."""
+    import torch
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    _sync(device)
+    runs, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        a @ b
+        runs += 1
+    _sync(device)
+    return 2 * size ** 3 * runs / (time.perf_counter() - started)
+
+
+def generate(checkpoint: str, seconds: float, device: str, settings: dict, full_history: bool = False) -> dict:
+    """One video as `longtake generate` makes it, metered; what it cost, as a dict."""
+    import torch
+    from ..memory import load_checkpoint
+    from ..samplers import LongVideo, PromptSchedule, SamplerSettings, render_mp4
+
+    model = load_checkpoint(checkpoint, device=device)
+    sampler = SamplerSettings(**settings)
+    if full_history:
+        sampler = replace(sampler, mode="rn", window_chunks=1, overlap=FULL_HISTORY)
+    meter = DenoiserMeter(model, device)
+    if torch.device(device).type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    with tempfile.TemporaryDirectory() as folder, torch.no_grad():
+        video = LongVideo(model, PromptSchedule.single(PROMPT), seconds, model.config.fps, sampler,
+                          use_memory=not full_history)
+        started = time.perf_counter()
+        frames = render_mp4(video, Path(folder) / "video.mp4")
+        _sync(device)
+        wall = time.perf_counter() - started
+    result = dict(seconds=seconds, frames=frames, wall_s=wall, denoiser_s=meter.seconds, passes=meter.passes,
+                  flops=meter.flops(), peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    if torch.device(device).type == "cuda":
+        result["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2 ** 20
+    return result
+
+
+def in_fresh_process(checkpoint: str, seconds: float, device: str, threads: int | None, settings: dict,
+                     full_history: bool = False) -> dict:
+    command = [sys.executable, "-m", "longtake.bench.speed", "--child", json.dumps(dict(
+        checkpoint=checkpoint, seconds=seconds, device=device, threads=threads, settings=settings,
+        full_history=full_history))]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"the {seconds:g} s run failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def run_speed(checkpoint: str | Path, out_dir: Path, lengths=LENGTHS, full_history=FULL_HISTORY_LENGTHS,
+              sampler_seconds: float = SAMPLER_SECONDS, device: str = "cpu", threads: int | None = None,
+              progress=print) -> dict:
+    """Every measure; writes speed.json, table.md and speed.png into `out_dir` and returns the report."""
+    import torch
+    from ..memory import read_config
+    from ..memory.model import LongTakeModel
+
+    checkpoint = str(checkpoint)
+    read_config(checkpoint)  # a file that is not a checkpoint fails here, before any run
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if threads:
+        torch.set_num_threads(threads)
+    settings = dict(steps=20, window_chunks=4, overlap=1)
+    report = dict(checkpoint=checkpoint, device=device, machine=_machine(device), settings=settings,
+                  threads=threads or torch.get_num_threads(), lengths=[], samplers={}, full_history=[])
+    dtype = torch.float32  # checkpoints load in float32 whatever precision they are stored in
+    report["matmul_peak_flops"] = matmul_peak(device, dtype)
+    progress(f"matrix multiply peak: {report['matmul_peak_flops'] / 1e9:.1f} GFLOP/s ({dtype})")
+    for seconds in lengths:
+        run = in_fresh_process(checkpoint, seconds, device, threads, settings)
+        report["lengths"].append(run)
+        progress(f"{seconds:g} s: {run['wall_s']:.1f} s wall, {run['peak_rss_mb']:.0f} MB peak")
+    for mode in SAMPLERS:
+        run = generate(checkpoint, sampler_seconds, device, dict(settings, mode=mode))
+        report["samplers"][mode] = run
+        progress(f"{mode}: {run['passes'] / run['frames']:.3f} model passes per frame")
+    for seconds in full_history:
+        run = in_fresh_process(checkpoint, seconds, device, threads, settings, full_history=True)
+        report["full_history"].append(run)
+        progress(f"full history {seconds:g} s: {run['wall_s']:.1f} s wall, {run['peak_rss_mb']:.0f} MB peak")
+    (out_dir / "speed.json").write_text(json.dumps(report, indent=1))
+    (out_dir / "table.md").write_text(table(report) + "\n")
+    plot(report, out_dir / "speed.png")
+    return report
+
+
+def _machine(device: str) -> str:
+    import os
+    import platform
+    import torch
+    if torch.device(device).type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+
+
+def table(report: dict) -> str:
+    peak = report["matmul_peak_flops"]
+    lines = [f"Device: {report['device']} ({report['machine']}), {report['threads']} threads; "
+             f"matrix multiply peak {peak / 1e9:.1f} GFLOP/s.", "",
+             "| video | frames | wall | frames/s | s per frame | peak RSS | in denoiser | denoiser FLOP/s | of peak |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for run in report["lengths"] + report["full_history"]:
+        name = f"{run['seconds']:g} s" + (" full history" if run in report["full_history"] else "")
+        rss = f"{run['peak_rss_mb']:.0f} MB" + (f" (GPU {run['peak_gpu_mb']:.0f} MB)" if "peak_gpu_mb" in run else "")
+        achieved = run["flops"] / run["denoiser_s"]
+        lines.append(f"| {name} | {run['frames']} | {run['wall_s']:.1f} s | {run['frames'] / run['wall_s']:.1f} | "
+                     f"{1000 * run['wall_s'] / run['frames']:.1f} ms | {rss} | {run['denoiser_s'] / run['wall_s']:.0%} | "
+                     f"{achieved / 1e9:.1f} G | {achieved / peak:.0%} |")
+    runs = report["lengths"]
+    if len(runs) > 1:
+        first, last = runs[0], runs[-1]
+        middle = runs[-2]
+        lines += ["", f"Peak memory, {last['seconds']:g} s against {first['seconds']:g} s: "
+                      f"{last['peak_rss_mb'] / first['peak_rss_mb'] - 1:+.1%}. Time per frame, {last['seconds']:g} s "
+                      f"against {middle['seconds']:g} s: "
+                      f"{(last['wall_s'] / last['frames']) / (middle['wall_s'] / middle['frames']) - 1:+.1%}."]
+    s = report["settings"]
+    lines += ["", f"Samplers at {s['steps']} steps, {s['window_chunks']} chunks a window, overlap {s['overlap']}:", "",
+              "| sampler | model passes per frame | model GFLOPs per frame | wall per frame |", "|---|---|---|---|"]
+    for mode, run in report["samplers"].items():
+        lines.append(f"| {mode} | {run['passes'] / run['frames']:.3f} | {run['flops'] / run['frames'] / 1e9:.3f} | "
+                     f"{1000 * run['wall_s'] / run['frames']:.1f} ms |")
+    return "\n".join(lines)
+
+
+def plot(report: dict, path: Path) -> None:
+    from matplotlib.figure import Figure  # Agg, without touching pyplot's global backend
+    figure = Figure(figsize=(10, 3.8))
+    time_axes, memory_axes = figure.subplots(1, 2)
+    for name, runs in (("LongTake (window + memory)", report["lengths"]),
+                       ("full history (no window, no memory)", report["full_history"])):
+        if not runs:
+            continue
+        seconds = [r["seconds"] for r in runs]
+        time_axes.plot(seconds, [1000 * r["wall_s"] / r["frames"] for r in runs], marker="o", label=name)
+        memory_axes.plot(seconds, [r["peak_rss_mb"] for r in runs], marker="o", label=name)
+    time_axes.set(xscale="log", xlabel="video length (s)", ylabel="wall time per frame (ms)", title="time")
+    memory_axes.set(xscale="log", xlabel="video length (s)", ylabel="peak resident memory (MB)", title="memory")
+    time_axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", nargs="?", help="the LongTake checkpoint to time (default: the demo model)")
+    parser.add_argument("--out", default="speed", help="folder for speed.json, table.md, speed.png (default speed)")
+    parser.add_argument("--lengths", type=float, nargs="+", default=list(LENGTHS),
+                        help="video lengths in seconds (default 10 60 240)")
+    parser.add_argument("--full-history", type=float, nargs="*", default=list(FULL_HISTORY_LENGTHS),
+                        help="lengths for the full-history baseline (default 2 4 8; none to skip)")
+    parser.add_argument("--sampler-seconds", type=float, default=SAMPLER_SECONDS,
+                        help="length of each sampler's video in the comparison (default 10)")
+    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: all cores)")
+    parser.add_argument("--fast", action="store_true", help="a smoke run with 1-2 s videos (overrides the lengths)")
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    from ..cli import DEMO_MODEL
+    checkpoint = args.checkpoint or DEMO_MODEL
+    lengths = dict(lengths=args.lengths, full_history=args.full_history, sampler_seconds=args.sampler_seconds)
+    if args.fast:
+        lengths = FAST
+    if any(not s > 0 for s in [*lengths["lengths"], *lengths["full_history"], lengths["sampler_seconds"]]):
+        raise ValueError("every length must be positive")
+    report = run_speed(checkpoint, Path(args.out), device=args.device, threads=args.threads, **lengths)
+    print(table(report))
+    print(f"\nraw numbers in {Path(args.out) / 'speed.json'}; plot in {Path(args.out) / 'speed.png'}")
+    return 0
+
+
+def _child(spec: str) -> None:
+    import torch
+    job = json.loads(spec)
+    if job["threads"]:
+        torch.set_num_threads(job["threads"])
+    print(json.dumps(generate(job["checkpoint"], job["seconds"], job["device"], job["settings"], job["full_history"])))
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--child"]:
+        _child(sys.argv[2])
+    else:
+        parser = argparse.ArgumentParser(prog="longtake bench speed", description=__doc__.split("\n\n")[0])
+        add_arguments(parser)
+        sys.exit(run_from_args(parser.parse_args()))

@@ -1,0 +1,56 @@
+"""The speed benchmark's fast run end to end on a tiny random model, and the counts it reports."""
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from helpers import randomise, small_model_config
+from longtake.bench import speed
+from longtake.memory import LongTakeModel, load_checkpoint, save_checkpoint
+from longtake.training.vocab import VOCAB
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    torch.manual_seed(0)
+    config = small_model_config("malt")
+    config = config.replace(text=dataclasses.replace(config.text, vocab=VOCAB))
+    path = tmp_path_factory.mktemp("speed") / "tiny.safetensors"
+    save_checkpoint(randomise(LongTakeModel(config), scale=0.15).eval(), path)
+    return path
+
+
+def test_fast_run_writes_table_json_and_plot(tiny, tmp_path, capsys):
+    out = tmp_path / "out"
+    parser = speed.argparse.ArgumentParser()
+    speed.add_arguments(parser)
+    assert speed.run_from_args(parser.parse_args([str(tiny), "--out", str(out), "--fast", "--threads", "1"])) == 0
+    printed = capsys.readouterr().out
+    assert (out / "table.md").read_text().strip() in printed
+    assert (out / "speed.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = json.loads((out / "speed.json").read_text())
+    assert [run["seconds"] for run in report["lengths"]] == [1.0, 2.0]
+    assert [run["frames"] for run in report["lengths"]] == [24, 48]
+    assert set(report["samplers"]) == {"progressive", "rw", "rn"}
+    for run in report["lengths"] + report["full_history"] + list(report["samplers"].values()):
+        assert 0 < run["denoiser_s"] <= run["wall_s"] and run["flops"] > 0 and run["peak_rss_mb"] > 50
+    assert report["matmul_peak_flops"] > 0
+
+
+def test_sampler_passes_and_flops_match_the_window_arithmetic(tiny):
+    """Progressive moves one chunk every S/K steps, RW and RN K chunks every S steps: the same passes per
+    chunk, each over K noisy chunks and one clean one, plus one memory write per chunk that leaves (the last stays as context)."""
+    model = load_checkpoint(tiny)
+    chunks, steps, k = 12, 8, 4
+    seconds = chunks * model.config.frames_per_chunk / model.config.fps
+    runs = {mode: speed.generate(str(tiny), seconds, "cpu", dict(mode=mode, steps=steps, window_chunks=k, overlap=1))
+            for mode in speed.SAMPLERS}
+    # Progressive also fills and drains its window: K - 1 extra shifts of S/K passes.
+    assert runs["progressive"]["passes"] == (chunks + k - 1) * steps // k + chunks - 1
+    assert runs["rw"]["passes"] == runs["rn"]["passes"] == chunks // k * steps + chunks - 1
+    assert runs["rw"]["flops"] == runs["rn"]["flops"]
+    full = speed.generate(str(tiny), seconds, "cpu", dict(steps=steps), full_history=True)
+    # Every past chunk stays in the window: the passes are the same, the FLOPs grow with the length.
+    assert full["passes"] == chunks * steps
+    assert full["flops"] > 2 * runs["rn"]["flops"]
