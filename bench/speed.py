@@ -2,7 +2,8 @@
 
 Each video length is generated exactly as `longtake generate` makes it (sampling, streaming decode, mp4
 encode) in a fresh process of its own, so the peak resident memory it reports is that length's alone.
-Inside, the denoiser is metered: its calls are timed and counted by input shape, and the FLOPs of each
+Inside, the denoiser is metered: its passes (window steps, reused fronts, memory writes) are timed and
+counted by input shape, and the FLOPs of each
 shape are counted once afterwards with torch's FLOP counter, so metering does not slow the run.
 
 Besides the lengths: the three samplers at equal steps and overlap (model calls, FLOPs and wall time per
@@ -55,16 +56,16 @@ class DenoiserMeter:
         self.seconds = 0.0
         model.denoiser._run = self._timed
 
-    def _timed(self, x, t, text, text_bias, state):
+    def _timed(self, x, t, text, text_bias, state, prefix=None):
         _sync(self.device)
         started = time.perf_counter()
-        result = self.original(x, t, text, text_bias, state)
+        result = self.original(x, t, text, text_bias, state, prefix)
         _sync(self.device)
         self.seconds += time.perf_counter() - started
-        key = (tuple(x.shape), tuple(text.shape))
-        if key not in self.examples:
+        key = (tuple(x.shape), tuple(text.shape), None if prefix is None else prefix.frames)
+        if key not in self.examples:  # a prefix is never changed once made, so it is kept as it is
             self.examples[key] = (x.clone(), t.clone(), text.clone(), text_bias.clone(),
-                                  {k: v.clone() for k, v in state.items()})
+                                  {k: v.clone() for k, v in state.items()}, prefix)
         self.calls[key] += 1
         return result
 

@@ -25,6 +25,7 @@ The memory state is a plain `dict[str, Tensor]` of fixed size: it never grows wi
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -79,15 +80,22 @@ class Attention(nn.Module):
         y = projection(x)
         return list(rearrange(y, "... n (k h d) -> k ... h n d", k=parts, h=self.heads))
 
-    def forward(self, x, context, mask=None, rotary=None):
-        """x `[..., N, D]` queries, context `[..., M, Dc]`; mask broadcastable to `[..., heads, N, M]`."""
+    def forward(self, x, context, mask=None, rotary=None, past=None):
+        """x `[..., N, D]` queries, context `[..., M, Dc]`; mask broadcastable to `[..., heads, N, M]`.
+
+        `past`: keys and values of earlier tokens that the queries also see (placed before the context's
+        own; the mask covers both). Returns the output and the context's own keys and values.
+        """
         (q,) = self.split(x, self.q, 1)
         k, v = self.split(context, self.kv, 2)
         q, k = self.q_norm(q), self.k_norm(k)
         if rotary is not None:
             q, k = rotate(q, *rotary), rotate(k, *rotary)
+        own = (k, v)
+        if past is not None:
+            k, v = torch.cat([past[0], k], dim=-2), torch.cat([past[1], v], dim=-2)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return self.out(rearrange(y, "... h n d -> ... n (h d)"))
+        return self.out(rearrange(y, "... h n d -> ... n (h d)")), own
 
 
 class MaltMemory(nn.Module):
@@ -105,11 +113,11 @@ class MaltMemory(nn.Module):
 
     def forward(self, x: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
         """What the window tokens `x [B, N, D]` take from `slots [B, S, D]`, gated."""
-        return torch.tanh(self.read_gate) * self.read(self.read_norm(x), self.slot_norm(slots))
+        return torch.tanh(self.read_gate) * self.read(self.read_norm(x), self.slot_norm(slots))[0]
 
     def update(self, slots: torch.Tensor, chunk_tokens: torch.Tensor) -> torch.Tensor:
         context = self.write_norm(torch.cat([slots, chunk_tokens], dim=1))
-        proposal = slots + self.write(self.write_norm(slots), context)
+        proposal = slots + self.write(self.write_norm(slots), context)[0]
         keep = torch.sigmoid(self.update_gate(torch.cat([slots, proposal], dim=-1)))
         return keep * slots + (1 - keep) * proposal
 
@@ -159,22 +167,23 @@ class Block(nn.Module):
         nn.init.zeros_(self.cross.out.bias)
         self.norm3 = nn.LayerNorm(width, elementwise_affine=False)
         hidden = int(width * cfg.mlp_ratio)
-        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, width))
+        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, width))
         # Six vectors per latent frame: shift, scale, gate for attention and for the MLP.
         self.modulation = nn.Linear(width, 6 * width)
         nn.init.zeros_(self.modulation.weight)
         nn.init.zeros_(self.modulation.bias)
 
-    def forward(self, x, cond, text, text_bias, mask, rotary, memory):
+    def forward(self, x, cond, text, text_bias, mask, rotary, memory, past=None):
         """x `[B, T, P, D]`; cond `[B, T, D]`; text `[B, N, L, Dt]` per chunk; memory: this layer's
-        slots `[B, S, D]`, or `(h, c)` for an LSTM layer, or None. Returns x and the LSTM's end state."""
+        slots `[B, S, D]`, or `(h, c)` for an LSTM layer, or None; past: keys and values of earlier
+        window tokens. Returns x, the LSTM's end state, and this layer's keys and values."""
         batch, frames, positions, width = x.shape
         chunks = text.shape[1]
         shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(cond).chunk(6, dim=-1)
 
         h = modulate(self.norm1(x), shift1, scale1).reshape(batch, frames * positions, width)
-        h = self.attn(h, h, mask=mask, rotary=rotary).view(batch, frames, positions, width)
-        x = x + gate1[:, :, None] * h
+        h, keys_values = self.attn(h, h, mask=mask, rotary=rotary, past=past)
+        x = x + gate1[:, :, None] * h.view(batch, frames, positions, width)
 
         lstm_end = None
         if self.malt is not None:
@@ -186,10 +195,18 @@ class Block(nn.Module):
 
         # Each chunk's tokens read that chunk's own prompt, so prompts can change from chunk to chunk.
         per_chunk = self.norm2(x).reshape(batch, chunks, -1, width)
-        x = x + self.cross(per_chunk, text, mask=text_bias[:, :, None, None, :].to(x.dtype)).view_as(x)
+        x = x + self.cross(per_chunk, text, mask=text_bias[:, :, None, None, :].to(x.dtype))[0].view_as(x)
 
         h = self.mlp(modulate(self.norm3(x), shift2, scale2))
-        return x + gate2[:, :, None] * h, lstm_end
+        return x + gate2[:, :, None] * h, lstm_end, keys_values
+
+
+@dataclass(frozen=True)
+class Prefix:
+    """What the first chunks of a window give the rest of it: see `Denoiser.prefix`."""
+    frames: int                                                  # latent frames it covers
+    keys_values: list[tuple[torch.Tensor, torch.Tensor]]         # per layer, `[B, heads, tokens, head_dim]`
+    lstm_ends: list[tuple[torch.Tensor, torch.Tensor]]           # per LSTM layer, its (h, c) after them
 
 
 class Denoiser(nn.Module):
@@ -240,16 +257,18 @@ class Denoiser(nn.Module):
         return None
 
     # ----- forward -----
-    def block_mask(self, chunks: int, device) -> torch.Tensor | None:
-        """Boolean `[N, N]` token mask: True where attention is allowed (a chunk sees itself and earlier)."""
+    def block_mask(self, chunks: int, device, prefix_chunks: int = 0) -> torch.Tensor | None:
+        """Boolean `[N, prefix + N]` token mask: True where attention is allowed (a chunk sees itself and
+        earlier chunks, and every chunk of a prefix)."""
         if not self.cfg.block_causal or chunks == 1:
             return None
         per_chunk = self.cfg.chunk_frames * self.cfg.tokens_per_frame
-        chunk_of = torch.arange(chunks, device=device).repeat_interleave(per_chunk)
-        return chunk_of[None, :] <= chunk_of[:, None]
+        chunk_of = torch.arange(prefix_chunks + chunks, device=device).repeat_interleave(per_chunk)
+        return chunk_of[None, :] <= chunk_of[prefix_chunks * per_chunk:, None]
 
-    def _run(self, x, t, text, text_bias, state):
-        """Shared body of `forward` and `write`: returns the final tokens and each layer's outputs."""
+    def _run(self, x, t, text, text_bias, state, prefix: "Prefix | None" = None):
+        """Shared body of `forward`, `prefix` and `write`: the velocity, each layer's outputs, the LSTM
+        layers' end states and each layer's self-attention keys and values."""
         cfg = self.cfg
         batch, _, frames, height, _ = x.shape
         if frames % cfg.chunk_frames:
@@ -272,12 +291,23 @@ class Denoiser(nn.Module):
         cond = self.time_mlp(timestep_embedding(t, 256).to(h.dtype)) + pooled.repeat_interleave(cfg.chunk_frames, dim=1)
         cond = F.silu(cond)
 
-        mask = self.block_mask(chunks, x.device)
-        rotary = rotary_tables(frames, cfg.tokens_per_frame, cfg.width // cfg.heads, x.device)
-        layer_outputs, lstm_ends = [], []
+        before = 0 if prefix is None else prefix.frames
+        if prefix is not None and (prefix.keys_values[0][0].shape[0] != batch or not cfg.block_causal):
+            raise ValueError("a prefix needs a block-causal model and the batch it was made for")
+        mask = self.block_mask(chunks, x.device, before // cfg.chunk_frames)
+        if mask is not None and before:
+            mask = torch.zeros(mask.shape, dtype=h.dtype, device=x.device).masked_fill_(~mask, -math.inf)
+        cos, sin = rotary_tables(before + frames, cfg.tokens_per_frame, cfg.width // cfg.heads, x.device)
+        rotary = (cos[before * cfg.tokens_per_frame:], sin[before * cfg.tokens_per_frame:])
+        layer_outputs, lstm_ends, keys_values = [], [], []
         for i, block in enumerate(self.blocks):
-            h, lstm_end = block(h, cond, text, text_bias, mask, rotary, self._layer_memory(state, i, h.dtype))
+            memory = self._layer_memory(state, i, h.dtype)
+            if prefix is not None and block.lstm is not None:  # the scan goes on from where the prefix left it
+                memory = prefix.lstm_ends[self.lstm_layers.index(i)]
+            past = None if prefix is None else prefix.keys_values[i]
+            h, lstm_end, layer_keys_values = block(h, cond, text, text_bias, mask, rotary, memory, past)
             layer_outputs.append(h)
+            keys_values.append(layer_keys_values)
             if lstm_end is not None:
                 lstm_ends.append(lstm_end)
 
@@ -285,16 +315,30 @@ class Denoiser(nn.Module):
         out = self.patch_out(modulate(self.final_norm(h), shift, scale))
         velocity = rearrange(out, "b t (h w) (c p q) -> b c t (h p) (w q)",
                              h=height // cfg.patch, p=cfg.patch, q=cfg.patch)
-        return velocity, layer_outputs, lstm_ends
+        return velocity, layer_outputs, lstm_ends, keys_values
 
-    def forward(self, x, t, text, text_bias, state: State) -> torch.Tensor:
+    def forward(self, x, t, text, text_bias, state: State, prefix: "Prefix | None" = None) -> torch.Tensor:
         """Velocity for the window `x [B, C, T, H, W]` at per-frame times `t [B, T]`.
 
         `text`/`text_bias`: `[B, L, Dt]`/`[B, L]` for one prompt, or `[B, N, L, Dt]`/`[B, N, L]` per chunk.
         `state`: the memory, as from `initial_state` or `write`; it is only read here.
+        `prefix`: the window's first chunks, run once by `prefix`; `x` is then the rest of the window.
         The velocity is float32 whatever dtype the model computes in, so samplers step in float32.
         """
-        return self._run(x, t, text, text_bias, state)[0].float()
+        return self._run(x, t, text, text_bias, state, prefix)[0].float()
+
+    def prefix(self, x, t, text, text_bias, state: State) -> "Prefix":
+        """The first chunks of a window, run on their own, for `forward` to reuse.
+
+        Under the block-causal mask the first chunks of a window see only themselves, so what they give
+        the chunks after them (each layer's keys and values, and the LSTM's state after them) does not
+        depend on those chunks. A sampler that keeps clean chunks in front for several steps runs them
+        once instead of at every step, and gets the same velocities.
+        """
+        if not self.cfg.block_causal:
+            raise ValueError("only a block-causal model can reuse the front of its window")
+        _, _, lstm_ends, keys_values = self._run(x, t, text, text_bias, state)
+        return Prefix(x.shape[2], keys_values, lstm_ends)
 
     def write(self, state: State, chunk: torch.Tensor, text, text_bias, noise: torch.Tensor | None = None) -> State:
         """The memory after `chunk` (clean latents `[B, C, chunk_frames, H, W]`) has left the window.
@@ -311,7 +355,7 @@ class Denoiser(nn.Module):
         noise = torch.randn_like(chunk) if noise is None else noise
         noisy = (1 - cfg.write_noise) * chunk + cfg.write_noise * noise
         t = torch.full(chunk.shape[:1] + chunk.shape[2:3], cfg.write_noise, device=chunk.device)
-        _, layer_outputs, lstm_ends = self._run(noisy, t, text, text_bias, state)
+        _, layer_outputs, lstm_ends, _ = self._run(noisy, t, text, text_bias, state)
         if cfg.memory == "malt":
             slots = state["malt.slots"]
             updated = [block.malt.update(slots[:, i].to(h.dtype), h.flatten(1, 2)).float()

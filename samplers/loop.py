@@ -93,7 +93,13 @@ def config_fingerprint(model: LongTakeModel) -> str:
 
 
 class Conditioner:
-    """The model as the samplers see it: per-chunk prompts, guidance in one batched forward, memory."""
+    """The model as the samplers see it: per-chunk prompts, guidance in one batched forward, memory.
+
+    Clean chunks at the front of the window (t = 0) see only themselves under the block-causal mask and
+    stay as they are until a chunk leaves, so they are run once (`Denoiser.prefix`) and reused by every
+    step until the memory changes; their velocity is never used and is returned as zeros.
+    """
+    reuse_front = True  # off only to measure what reusing buys and to test that it changes nothing
 
     def __init__(self, model: LongTakeModel, schedule: PromptSchedule, settings: SamplerSettings,
                  seconds_per_chunk: float, blend_chunks: int, first_index: int, memory: dict, writes: bool = True):
@@ -102,6 +108,7 @@ class Conditioner:
         self.memory, self.writes = memory, writes
         self._prompts: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.null = self._encode("")
+        self._front: tuple[tuple[int, ...], object] | None = None  # (chunk indexes, their Prefix)
 
     def _encode(self, prompt: str):
         if prompt not in self._prompts:
@@ -118,28 +125,44 @@ class Conditioner:
         return blend(parts[0], parts[1], weights[1][1])
 
     def denoise(self, x: torch.Tensor, t: torch.Tensor, indexes: list[int]) -> torch.Tensor:
+        frames = x.shape[2] // len(indexes)
+        clean = [bool((t[:, i * frames:(i + 1) * frames] == 0).all()) for i in range(len(indexes))]
+        front = next((i for i, c in enumerate(clean) if not c), len(clean))  # leading clean chunks
         level = self.settings.context_noise
         if level > 0:  # the model sees clean chunks lightly noised; the window keeps them clean
             x, t = x.clone(), t.clone()
-            frames = x.shape[2] // len(indexes)
             for position, index in enumerate(indexes):
-                span = slice(position * frames, (position + 1) * frames)
-                if bool((t[:, span] == 0).all()):
+                if clean[position]:
+                    span = slice(position * frames, (position + 1) * frames)
                     noise = seeded_noise(self.settings.seed, index, CONTEXT, x[:, :, span].shape).to(x)
                     x[:, :, span] = (1 - level) * x[:, :, span] + level * noise
                     t[:, span] = level
         tokens, bias = stack([self.conditioning(i) for i in indexes])
+        memory = self.memory
         guidance = self.settings.guidance
+        if guidance != 1:  # conditional and unconditional in one batch
+            null_tokens, null_bias = stack([self.null] * len(indexes), length=tokens.shape[2])
+            x, t, tokens, bias = torch.cat([x, x]), torch.cat([t, t]), torch.cat([tokens, null_tokens]), \
+                torch.cat([bias, null_bias])
+            memory = {k: torch.cat([v, v]) for k, v in memory.items()}
+        denoiser = self.model.denoiser
+        if not (self.reuse_front and front and front < len(indexes) and denoiser.cfg.block_causal):
+            velocity = denoiser(x, t, tokens, bias, memory)
+        else:
+            split = front * frames
+            key = tuple(indexes[:front])
+            if self._front is None or self._front[0] != key:
+                self._front = key, denoiser.prefix(x[:, :, :split], t[:, :split], tokens[:, :front], bias[:, :front],
+                                                   memory)
+            rest = denoiser(x[:, :, split:], t[:, split:], tokens[:, front:], bias[:, front:], memory, self._front[1])
+            velocity = torch.cat([rest.new_zeros(rest.shape[:2] + (split,) + rest.shape[3:]), rest], dim=2)
         if guidance == 1:
-            return self.model.denoiser(x, t, tokens, bias, self.memory)
-        null_tokens, null_bias = stack([self.null] * len(indexes), length=tokens.shape[2])
-        memory = {k: torch.cat([v, v]) for k, v in self.memory.items()}
-        both = self.model.denoiser(torch.cat([x, x]), torch.cat([t, t]), torch.cat([tokens, null_tokens]),
-                                   torch.cat([bias, null_bias]), memory)
-        conditional, unconditional = both.chunk(2)
+            return velocity
+        conditional, unconditional = velocity.chunk(2)
         return unconditional + guidance * (conditional - unconditional)
 
     def leave(self, chunk: Chunk) -> None:
+        self._front = None  # the memory it was made with is about to change
         if not self.writes:
             return
         noise = seeded_noise(self.settings.seed, chunk.index, WRITE, chunk.latents.shape)

@@ -91,3 +91,19 @@ def test_bad_window_shapes_are_named(model):
         model(x[:, :, :3], t[:, :3], text, bias, {})
     with pytest.raises(ValueError, match="one per latent frame"):
         model(x, t[:, :2], text, bias, {})
+
+
+@pytest.mark.parametrize("memory", ["none", "malt", "lstm"])
+@torch.no_grad()
+def test_a_prefix_run_once_gives_the_rest_of_the_window_the_same_velocity(memory):
+    """The sampler runs the clean front chunks once and reuses them; in float64 the reuse is exact."""
+    model = randomise(denoiser(memory)).double()
+    x, t, text, bias = (v.double() for v in denoiser_inputs(model.cfg, chunks=4))
+    state = model.initial_state(2)
+    split = 2 * model.cfg.chunk_frames  # two clean chunks in front
+    t[:, :split] = 0
+    whole = model(x, t, text, bias, state)
+    prefix = model.prefix(x[:, :, :split], t[:, :split], text, bias, state)
+    rest = model(x[:, :, split:], t[:, split:], text, bias, state, prefix)
+    assert rest.shape == whole[:, :, split:].shape
+    assert torch.allclose(rest, whole[:, :, split:], atol=1e-10, rtol=0)

@@ -256,11 +256,24 @@ def test_a_half_precision_model_samples_close_to_float32(model, dtype):
 
 def test_context_noise_shows_the_model_its_clean_chunks_noised(model, monkeypatch):
     seen = []
-    forward = model.denoiser.forward
-    monkeypatch.setattr(model.denoiser, "forward", lambda x, t, *rest: seen.append(t.clone()) or forward(x, t, *rest))
+    run = model.denoiser._run  # every pass: the window, its reused front, memory writes
+    monkeypatch.setattr(model.denoiser, "_run", lambda x, t, *rest: seen.append(t.clone()) or run(x, t, *rest))
     settings = SamplerSettings(**FAST, context_noise=0.1)
     noised = all_frames(LongVideo(model, "a red ball", seconds=1, fps=12, settings=settings))
     assert all(bool((t > 0).all()) for t in seen)  # no frame reaches the model at t = 0
     assert any(bool(torch.isclose(t, torch.tensor(0.1)).any()) for t in seen)
     plain = all_frames(LongVideo(model, "a red ball", seconds=1, fps=12, settings=SamplerSettings(**FAST)))
     assert not torch.equal(noised, plain)
+
+
+@pytest.mark.parametrize("memory", ["malt", "lstm"])
+@pytest.mark.parametrize("mode, context_noise", [("progressive", 0.0), ("progressive", 0.1), ("rn", 0.0)])
+def test_reusing_the_clean_front_chunks_changes_no_frame(memory, mode, context_noise, monkeypatch):
+    from longtake.samplers.loop import Conditioner
+    torch.manual_seed(0)
+    model = randomise(LongTakeModel(small_model_config(memory)), scale=0.15).eval().double()
+    settings = SamplerSettings(mode=mode, steps=4, window_chunks=2, overlap=2, context_noise=context_noise)
+    reused = all_frames(LongVideo(model, "a red ball", seconds=2, fps=12, settings=settings))
+    monkeypatch.setattr(Conditioner, "reuse_front", False)
+    recomputed = all_frames(LongVideo(model, "a red ball", seconds=2, fps=12, settings=settings))
+    assert (reused - recomputed).abs().max() <= 1e-5
