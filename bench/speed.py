@@ -31,6 +31,7 @@ SAMPLERS = ("progressive", "rw", "rn")
 FAST = dict(lengths=(1.0, 2.0), full_history=(1.0, 2.0), sampler_seconds=1.0)
 PROMPT = "a red ball bouncing on a black background"
 FULL_HISTORY = 10 ** 6  # RN with this many condition chunks keeps every past chunk in the window
+UNCACHED = "progressive, front run every step"
 
 
 def _sync(device) -> None:
@@ -103,8 +104,12 @@ def matmul_peak(device, dtype, size: int = 1024, seconds: float = 1.0) -> float:
     return 2 * size ** 3 * runs / (time.perf_counter() - started)
 
 
-def generate(checkpoint: str, seconds: float, device: str, settings: dict, full_history: bool = False) -> dict:
-    """One video as `longtake generate` makes it, metered; what it cost, as a dict."""
+def generate(checkpoint: str, seconds: float, device: str, settings: dict, full_history: bool = False,
+             reuse_front: bool = True) -> dict:
+    """One video as `longtake generate` makes it, metered; what it cost, as a dict.
+
+    `reuse_front=False` runs the clean front chunks again at every step, to show what reusing them buys.
+    """
     import torch
     from ..memory import load_checkpoint
     from ..samplers import LongVideo, PromptSchedule, SamplerSettings, render_mp4
@@ -119,6 +124,7 @@ def generate(checkpoint: str, seconds: float, device: str, settings: dict, full_
     with tempfile.TemporaryDirectory() as folder, torch.no_grad():
         video = LongVideo(model, PromptSchedule.single(PROMPT), seconds, model.config.fps, sampler,
                           use_memory=not full_history)
+        video.conditioner.reuse_front = reuse_front
         started = time.perf_counter()
         frames = render_mp4(video, Path(folder) / "video.mp4")
         _sync(device)
@@ -169,6 +175,7 @@ def run_speed(checkpoint: str | Path, out_dir: Path, lengths=LENGTHS, full_histo
         run = generate(checkpoint, sampler_seconds, device, dict(settings, mode=mode))
         report["samplers"][mode] = run
         progress(f"{mode}: {run['passes'] / run['frames']:.3f} model passes per frame")
+    report["samplers"][UNCACHED] = generate(checkpoint, sampler_seconds, device, settings, reuse_front=False)
     for seconds in full_history:
         run = in_fresh_process(checkpoint, seconds, device, threads, settings, full_history=True)
         report["full_history"].append(run)

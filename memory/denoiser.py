@@ -207,6 +207,7 @@ class Prefix:
     frames: int                                                  # latent frames it covers
     keys_values: list[tuple[torch.Tensor, torch.Tensor]]         # per layer, `[B, heads, tokens, head_dim]`
     lstm_ends: list[tuple[torch.Tensor, torch.Tensor]]           # per LSTM layer, its (h, c) after them
+    layer_outputs: list[torch.Tensor]                            # per layer, `[B, frames, P, D]`: a write reads them
 
 
 class Denoiser(nn.Module):
@@ -337,25 +338,34 @@ class Denoiser(nn.Module):
         """
         if not self.cfg.block_causal:
             raise ValueError("only a block-causal model can reuse the front of its window")
-        _, _, lstm_ends, keys_values = self._run(x, t, text, text_bias, state)
-        return Prefix(x.shape[2], keys_values, lstm_ends)
+        _, layer_outputs, lstm_ends, keys_values = self._run(x, t, text, text_bias, state)
+        return Prefix(x.shape[2], keys_values, lstm_ends, layer_outputs)
 
-    def write(self, state: State, chunk: torch.Tensor, text, text_bias, noise: torch.Tensor | None = None) -> State:
+    def write(self, state: State, chunk: torch.Tensor, text, text_bias, noise: torch.Tensor | None = None,
+              seen: Prefix | None = None) -> State:
         """The memory after `chunk` (clean latents `[B, C, chunk_frames, H, W]`) has left the window.
 
         `text`/`text_bias` are the chunk's own conditioning; `noise` (like `chunk`) the write pass's noise.
+        `seen`: the `prefix` this very pass already made (the chunk alone, noised to `write_noise` with
+        `noise`, with this text and this memory state), whose first `B` rows are used instead of running
+        it again; a sampler has it when the chunk stood at the front of the window just before leaving.
         """
         cfg = self.cfg
         if cfg.memory == "none":
             return state
         if chunk.shape[2] != cfg.chunk_frames:
             raise ValueError(f"a memory write takes one chunk of {cfg.chunk_frames} latent frames, got {chunk.shape[2]}")
-        # The same light noise as in training, so the write pass sees inputs like those it learned from;
-        # the caller may pass it in so that a run is reproducible however it was split.
-        noise = torch.randn_like(chunk) if noise is None else noise
-        noisy = (1 - cfg.write_noise) * chunk + cfg.write_noise * noise
-        t = torch.full(chunk.shape[:1] + chunk.shape[2:3], cfg.write_noise, device=chunk.device)
-        _, layer_outputs, lstm_ends, _ = self._run(noisy, t, text, text_bias, state)
+        if seen is not None:
+            rows = chunk.shape[0]
+            layer_outputs = [h[:rows] for h in seen.layer_outputs]
+            lstm_ends = [(h[:rows], c[:rows]) for h, c in seen.lstm_ends]
+        else:
+            # The same light noise as in training, so the write pass sees inputs like those it learned from;
+            # the caller may pass it in so that a run is reproducible however it was split.
+            noise = torch.randn_like(chunk) if noise is None else noise
+            noisy = (1 - cfg.write_noise) * chunk + cfg.write_noise * noise
+            t = torch.full(chunk.shape[:1] + chunk.shape[2:3], cfg.write_noise, device=chunk.device)
+            _, layer_outputs, lstm_ends, _ = self._run(noisy, t, text, text_bias, state)
         if cfg.memory == "malt":
             slots = state["malt.slots"]
             updated = [block.malt.update(slots[:, i].to(h.dtype), h.flatten(1, 2)).float()

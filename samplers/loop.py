@@ -34,7 +34,7 @@ from .window import Chunk, Window, progressive, replacement
 MODES = ("progressive", "rw", "rn")
 STATE_FORMAT = "2"
 RECENT_CHUNKS = 6   # finished chunks kept as latents: they span the causal decoder's whole receptive field
-NOISE, WRITE, RENOISE, CONTEXT = 0, 1, 2, 3
+NOISE, WRITE, RENOISE = 0, 1, 2
 
 
 @dataclass(frozen=True)
@@ -134,7 +134,8 @@ class Conditioner:
             for position, index in enumerate(indexes):
                 if clean[position]:
                     span = slice(position * frames, (position + 1) * frames)
-                    noise = seeded_noise(self.settings.seed, index, CONTEXT, x[:, :, span].shape).to(x)
+                    # The memory write's own noise: at the write's level the front chunk's pass is the write's.
+                    noise = seeded_noise(self.settings.seed, index, WRITE, x[:, :, span].shape).to(x)
                     x[:, :, span] = (1 - level) * x[:, :, span] + level * noise
                     t[:, span] = level
         tokens, bias = stack([self.conditioning(i) for i in indexes])
@@ -162,13 +163,18 @@ class Conditioner:
         return unconditional + guidance * (conditional - unconditional)
 
     def leave(self, chunk: Chunk) -> None:
-        self._front = None  # the memory it was made with is about to change
+        front, self._front = self._front, None  # the memory it was made with is about to change
         if not self.writes:
             return
+        # A chunk leaving right after it stood alone at the front, seen at the write's own noise level, was
+        # already run exactly as its write runs it.
+        seen = front is not None and front[0] == (chunk.index,) \
+            and self.settings.context_noise == self.model.denoiser.cfg.write_noise
         noise = seeded_noise(self.settings.seed, chunk.index, WRITE, chunk.latents.shape)
         tokens, bias = self.conditioning(chunk.index)
         self.memory = self.model.denoiser.write(self.memory, chunk.latents, tokens, bias,
-                                                noise=noise.to(chunk.latents.device, chunk.latents.dtype))
+                                                noise=noise.to(chunk.latents.device, chunk.latents.dtype),
+                                                seen=front[1] if seen else None)
 
 
 def stack(conditionings, length: int | None = None):

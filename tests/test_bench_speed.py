@@ -32,7 +32,10 @@ def test_fast_run_writes_table_json_and_plot(tiny, tmp_path, capsys):
     report = json.loads((out / "speed.json").read_text())
     assert [run["seconds"] for run in report["lengths"]] == [1.0, 2.0]
     assert [run["frames"] for run in report["lengths"]] == [24, 48]
-    assert set(report["samplers"]) == {"progressive", "rw", "rn"}
+    assert set(report["samplers"]) == {"progressive", "rw", "rn", speed.UNCACHED}
+    # Reusing the front chunk saves model work and changes nothing else.
+    assert report["samplers"][speed.UNCACHED]["flops"] > report["samplers"]["progressive"]["flops"]
+    assert report["samplers"][speed.UNCACHED]["frames"] == report["samplers"]["progressive"]["frames"]
     for run in report["lengths"] + report["full_history"] + list(report["samplers"].values()):
         assert 0 < run["denoiser_s"] <= run["wall_s"] and run["flops"] > 0 and run["peak_rss_mb"] > 50
     assert report["matmul_peak_flops"] > 0
@@ -54,6 +57,9 @@ def test_sampler_passes_and_flops_match_the_window_arithmetic(tiny):
     assert runs["rw"]["passes"] == chunks // k * steps + writes
     assert runs["rn"]["passes"] == chunks // k * steps + writes + (chunks // k - 1)
     assert runs["rn"]["flops"] < runs["rw"]["flops"]
+    # Seen at the memory write's noise level, the front chunk's pass is its write: no write runs on its own.
+    fused = speed.generate(str(tiny), seconds, "cpu", dict(steps=steps, window_chunks=k, context_noise=0.05))
+    assert fused["passes"] == shifts * steps // k + (shifts - k)
     full = speed.generate(str(tiny), seconds, "cpu", dict(steps=steps), full_history=True)
     # Every past chunk stays in the window: made once, reused, but attended to by every step.
     assert full["passes"] == chunks * steps + (chunks - 1)

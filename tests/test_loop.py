@@ -267,11 +267,14 @@ def test_context_noise_shows_the_model_its_clean_chunks_noised(model, monkeypatc
 
 
 @pytest.mark.parametrize("memory", ["malt", "lstm"])
-@pytest.mark.parametrize("mode, context_noise", [("progressive", 0.0), ("progressive", 0.1), ("rn", 0.0)])
+# 0.05 is the model's write noise: the front chunk's pass then also serves as its memory write.
+@pytest.mark.parametrize("mode, context_noise", [("progressive", 0.0), ("progressive", 0.1), ("progressive", 0.05),
+                                                 ("rn", 0.0), ("rn", 0.05)])
 def test_reusing_the_clean_front_chunks_changes_no_frame(memory, mode, context_noise, monkeypatch):
     from longtake.samplers.loop import Conditioner
     torch.manual_seed(0)
     model = randomise(LongTakeModel(small_model_config(memory)), scale=0.15).eval().double()
+    assert model.config.denoiser.write_noise == 0.05
     settings = SamplerSettings(mode=mode, steps=4, window_chunks=2, overlap=2, context_noise=context_noise)
     reused = all_frames(LongVideo(model, "a red ball", seconds=2, fps=12, settings=settings))
     monkeypatch.setattr(Conditioner, "reuse_front", False)
