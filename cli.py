@@ -239,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--shift", type=float, help="time-grid shift (default 1)")
     gen.add_argument("--guidance", type=float, help="classifier-free guidance scale (default 3)")
     gen.add_argument("--seed", type=int, help="random seed (default 0)")
-    gen.add_argument("--context-noise", type=float, help="level clean context chunks are noised to (default 0)")
+    gen.add_argument("--context-noise", type=float, help="level clean context chunks are noised to (default 0.05)")
     gen.add_argument("--blend-chunks", type=int, default=2, help="chunks over which a prompt change fades in")
     gen.add_argument("--start", help="a video or image to continue from")
     gen.add_argument("--save-state", help="write the generation state here at the end (or on Ctrl-C)")

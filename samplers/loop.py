@@ -46,7 +46,9 @@ class SamplerSettings:
     shift: float = 1.0            # time-grid warp; > 1 spends more steps at high noise
     guidance: float = 3.0         # classifier-free guidance scale on the text; 1 turns it off
     seed: int = 0
-    context_noise: float = 0.0    # clean context chunks are seen noised to this level (hides their errors)
+    # Clean context chunks are seen noised to this level: it hides their small errors from the model, and at
+    # the memory write's own level (0.05 in every LongTake model so far) their pass is also their write.
+    context_noise: float = 0.05
 
     def check(self) -> None:
         if self.mode not in MODES:
