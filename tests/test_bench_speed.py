@@ -48,7 +48,8 @@ def test_sampler_passes_and_flops_match_the_window_arithmetic(tiny):
     model = load_checkpoint(tiny)
     chunks, steps, k = 12, 8, 4
     seconds = chunks * model.config.frames_per_chunk / model.config.fps
-    runs = {mode: speed.generate(str(tiny), seconds, "cpu", dict(mode=mode, steps=steps, window_chunks=k, overlap=1))
+    runs = {mode: speed.generate(str(tiny), seconds, "cpu", dict(mode=mode, steps=steps, window_chunks=k, overlap=1,
+                                                               context_noise=0.0))
             for mode in speed.SAMPLERS}
     writes = chunks - 1
     # Progressive also fills and drains its window: K - 1 extra shifts; all but the first K have a front.
@@ -60,7 +61,7 @@ def test_sampler_passes_and_flops_match_the_window_arithmetic(tiny):
     # Seen at the memory write's noise level, the front chunk's pass is its write: no write runs on its own.
     fused = speed.generate(str(tiny), seconds, "cpu", dict(steps=steps, window_chunks=k, context_noise=0.05))
     assert fused["passes"] == shifts * steps // k + (shifts - k)
-    full = speed.generate(str(tiny), seconds, "cpu", dict(steps=steps), full_history=True)
+    full = speed.generate(str(tiny), seconds, "cpu", dict(steps=steps, context_noise=0.0), full_history=True)
     # Every past chunk stays in the window: made once, reused, but attended to by every step.
     assert full["passes"] == chunks * steps + (chunks - 1)
     assert full["flops"] > runs["rn"]["flops"]
