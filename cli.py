@@ -153,12 +153,12 @@ def cmd_train(args) -> int:
     initial = None
     if base is not None:
         # A VAE fine-tuned in this run folder replaces the checkpoint's own.
-        tuned = (out / "vae.safetensors").exists()
-        vae_state = load_trained_vae(out)[0].state_dict() if tuned else base.vae.state_dict()
         initial, config = base.state_dict(), base.config
         record = dict(base.config.record, fine_tuned_from=str(args.init))
-        if tuned:
-            record["vae"] = load_trained_vae(out)[2]
+        vae_state = base.vae.state_dict()
+        if (out / "vae.safetensors").exists():
+            tuned, _, record["vae"] = load_trained_vae(out)
+            vae_state = tuned.state_dict()
     else:
         vae, vae_config, vae_record = load_trained_vae(out)
         vocab = VOCAB + tuple(sorted(source.words() - set(VOCAB))) if args.videos else VOCAB

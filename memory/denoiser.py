@@ -293,11 +293,9 @@ class Denoiser(nn.Module):
         cond = F.silu(cond)
 
         before = 0 if prefix is None else prefix.frames
-        if prefix is not None and (prefix.keys_values[0][0].shape[0] != batch or not cfg.block_causal):
-            raise ValueError("a prefix needs a block-causal model and the batch it was made for")
+        if prefix is not None and prefix.keys_values[0][0].shape[0] != batch:
+            raise ValueError("a prefix must be used with the batch it was made for")
         mask = self.block_mask(chunks, x.device, before // cfg.chunk_frames)
-        if mask is not None and before:
-            mask = torch.zeros(mask.shape, dtype=h.dtype, device=x.device).masked_fill_(~mask, -math.inf)
         cos, sin = rotary_tables(before + frames, cfg.tokens_per_frame, cfg.width // cfg.heads, x.device)
         rotary = (cos[before * cfg.tokens_per_frame:], sin[before * cfg.tokens_per_frame:])
         layer_outputs, lstm_ends, keys_values = [], [], []
