@@ -7,13 +7,13 @@ import torch
 from helpers import small_model_config
 from longtake.memory import TextConfig, load_checkpoint
 from longtake.training.data import DemoWorld, VideoFolder
-from longtake.training.train_denoiser import DenoiserTraining, export, noise_layout, train_denoiser
+from longtake.training.train_denoiser import DenoiserTraining, WindowLoss, export, noise_layout, train_denoiser
 from longtake.training.train_vae import VAETraining, load_trained_vae, train_vae
 from longtake.training.vocab import VOCAB
 
 TINY_VAE = dict(batch=2, frames=8, heldout_clips=1, log_every=1, save_every=2, warmup=1)
 TINY_DENOISER = dict(batch=2, videos=3, video_chunks=12, max_prefix=3, log_every=1, save_every=2, preview_every=0,
-                     warmup=1)
+                     warmup=1, remade_share=0.5)
 
 
 @pytest.fixture(scope="module")
@@ -104,3 +104,23 @@ def test_fine_tuning_starts_from_the_given_weights(trained_vae, tmp_path):
                                            initial=base.state_dict()))
     for name, value in base.state_dict().items():
         assert torch.allclose(value, tuned.state_dict()[name]), name
+
+
+def test_remade_front_is_the_one_step_estimate_from_the_noised_truth(monkeypatch):
+    from longtake.memory import LongTakeModel
+    model = LongTakeModel(small_model_config())
+    front = torch.randn(3, model.config.denoiser.latent_channels, model.config.denoiser.chunk_frames, 8, 8)
+    levels = torch.tensor([0.0, 0.1, 0.4])
+    tokens, bias = model.text(["a red ball"] * 3)
+    memory = model.denoiser.initial_state(3)
+    loss = WindowLoss(model)
+    # A model that knows the truth predicts v = (x_t - x0) / t, and its one-step estimate is the truth itself.
+    oracle = lambda noisy, t, *rest: (noisy - front) / t[:, None, :, None, None]
+    monkeypatch.setattr(model.denoiser, "forward", oracle)
+    assert torch.allclose(loss.remade_front(front, levels, tokens, bias, memory), front, atol=1e-5)
+    # A model that predicts nothing leaves the noised truth: changed by about the level, the level-0 row untouched.
+    monkeypatch.setattr(model.denoiser, "forward", lambda noisy, *rest: torch.zeros_like(noisy))
+    remade = loss.remade_front(front, levels, tokens, bias, memory)
+    assert torch.equal(remade[0], front[0])
+    change = (remade - front).pow(2).mean(dim=(1, 2, 3, 4)).sqrt()
+    assert 0.05 < change[1] < change[2] < 1.0

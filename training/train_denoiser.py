@@ -54,6 +54,8 @@ class DenoiserTraining:
     occlusion_drop: float = 0.6   # ...with prompts that often leave its color out, so only memory has it
     shift: float = 1.0
     context_noise: float = 0.15   # the clean front chunk is noised up to this level in half the windows
+    remade_share: float = 0.3     # windows whose front chunk is the model's own one-step estimate, not the truth
+    remade_levels: tuple[float, float] = (0.05, 0.4)  # ...made from the truth noised to a level in this range
     preview_every: int = 3000
     preview_prompt: str = "a red ball bouncing on a black background"
     save_every: int = 250
@@ -123,7 +125,8 @@ class WindowLoss(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, prefix, window, levels, prompts, has_front: bool, grad_writes: int):
+    def forward(self, prefix, window, levels, prompts, has_front: bool, grad_writes: int, remade=None):
+        """`remade [B]`: levels from which the front chunk is remade by the model itself (0: the truth)."""
         model = self.model
         chunk = model.config.denoiser.chunk_frames
         tokens, bias = model.text(prompts)
@@ -136,6 +139,9 @@ class WindowLoss(torch.nn.Module):
                     memory = model.denoiser.write(memory, piece, tokens, bias)
             else:
                 memory = model.denoiser.write(memory, piece, tokens, bias)
+        if remade is not None:
+            window = torch.cat([self.remade_front(window[:, :, :chunk], remade.to(window.device), tokens, bias, memory),
+                                window[:, :, chunk:]], dim=2)
         t = levels.repeat_interleave(chunk, dim=1).to(window.device)
         noise = torch.randn_like(window)
         noisy = (1 - t[:, None, :, None, None]) * window + t[:, None, :, None, None] * noise
@@ -145,6 +151,19 @@ class WindowLoss(torch.nn.Module):
         if has_front:
             counted[:, :chunk] = 0  # the front chunk is context: its prediction is never used
         return (error * counted).sum() / counted.sum()
+
+    @torch.no_grad()
+    def remade_front(self, front, levels, tokens, bias, memory):
+        """The front chunk as the model would have made it: the truth noised to `levels [B]` and denoised in one
+        step. At sampling the front chunk is the model's own output, blurred and a little wrong where the model
+        is unsure; a model that only ever saw true fronts copies such errors forward and they pile up (the
+        scene drifts). Seeing its own estimates with the true continuation as the target, it learns to repair
+        them instead. Rows at level 0 keep the truth."""
+        s = levels[:, None, None, None, None]
+        noisy = (1 - s) * front + s * torch.randn_like(front)
+        t = levels[:, None].expand(-1, front.shape[2])
+        estimate = noisy - s * self.model.denoiser(noisy, t, tokens, bias, memory)
+        return torch.where(s > 0, estimate, front)
 
 
 def train_denoiser(config: ModelConfig, vae_state: dict, source, out: Path, settings: DenoiserTraining,
@@ -228,7 +247,12 @@ def train_denoiser(config: ModelConfig, vae_state: dict, source, out: Path, sett
         else:
             levels = noise_layout(settings, settings.batch, noisy, has_front, rng)
 
-        loss = objective(prefix, window, levels, prompts, has_front, settings.grad_writes)
+        remade = None
+        if has_front and settings.remade_share:
+            low, high = settings.remade_levels
+            chosen = torch.rand(settings.batch) < settings.remade_share
+            remade = torch.where(chosen, low + (high - low) * torch.rand(settings.batch), torch.zeros(settings.batch))
+        loss = objective(prefix, window, levels, prompts, has_front, settings.grad_writes, remade)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trained, 1.0)
