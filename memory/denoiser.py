@@ -46,22 +46,25 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
 
 
 def rotary_tables(frames: int, tokens_per_frame: int, head_dim: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin tables `[frames * tokens_per_frame, head_dim]` for rotary embedding of the frame index."""
+    """cos/sin tables `[frames * tokens_per_frame, 1, head_dim]` for rotary embedding of the frame index
+    (the 1 broadcasts over heads). The sin table's first half is negated, so `rotate` needs no negation."""
     half = head_dim // 2
     freqs = 1.0 / (10000.0 ** (torch.arange(half, device=device, dtype=torch.float32) / half))
     index = torch.arange(frames, device=device, dtype=torch.float32).repeat_interleave(tokens_per_frame)
     angles = index[:, None] * freqs
-    return torch.cat([angles.cos(), angles.cos()], -1), torch.cat([angles.sin(), angles.sin()], -1)
+    cos, sin = angles.cos(), angles.sin()
+    return torch.cat([cos, cos], -1)[:, None], torch.cat([-sin, sin], -1)[:, None]
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x `[..., N, heads, head_dim]`: each pair (i, i + head_dim/2) turned by its frame's angle."""
     first, second = x.chunk(2, dim=-1)
-    return x * cos.to(x.dtype) + torch.cat([-second, first], dim=-1) * sin.to(x.dtype)
+    return torch.addcmul(x * cos.to(x.dtype), torch.cat([second, first], dim=-1), sin.to(x.dtype))
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """x `[B, T, P, D]` (P tokens per frame); shift/scale `[B, T, D]`, one per latent frame."""
-    return x * (1 + scale[:, :, None]) + shift[:, :, None]
+    return torch.addcmul(shift[:, :, None], x, 1 + scale[:, :, None])
 
 
 class Attention(nn.Module):
@@ -76,26 +79,25 @@ class Attention(nn.Module):
         self.k_norm = nn.RMSNorm(width // heads)
         self.out = nn.Linear(width, width)
 
-    def split(self, x: torch.Tensor, projection: nn.Linear, parts: int) -> list[torch.Tensor]:
-        y = projection(x)
-        return list(rearrange(y, "... n (k h d) -> k ... h n d", k=parts, h=self.heads))
-
     def forward(self, x, context, mask=None, rotary=None, past=None):
         """x `[..., N, D]` queries, context `[..., M, Dc]`; mask broadcastable to `[..., heads, N, M]`.
 
         `past`: keys and values of earlier tokens that the queries also see (placed before the context's
         own; the mask covers both). Returns the output and the context's own keys and values.
         """
-        (q,) = self.split(x, self.q, 1)
-        k, v = self.split(context, self.kv, 2)
-        q, k = self.q_norm(q), self.k_norm(k)
+        # Norms and rotary run while each token's heads still lie side by side in memory, as the projections
+        # wrote them: on the head-major layout attention wants, every one of them would copy first.
+        q = self.q_norm(self.q(x).unflatten(-1, (self.heads, -1)))
+        k, v = self.kv(context).unflatten(-1, (2, self.heads, -1)).unbind(-3)
+        k = self.k_norm(k)
         if rotary is not None:
             q, k = rotate(q, *rotary), rotate(k, *rotary)
+        q, k, v = q.transpose(-3, -2), k.transpose(-3, -2), v.transpose(-3, -2)  # [..., heads, tokens, head_dim]
         own = (k, v)
         if past is not None:
             k, v = torch.cat([past[0], k], dim=-2), torch.cat([past[1], v], dim=-2)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return self.out(rearrange(y, "... h n d -> ... n (h d)")), own
+        return self.out(y.transpose(-3, -2).flatten(-2)), own
 
 
 class MaltMemory(nn.Module):
@@ -183,7 +185,7 @@ class Block(nn.Module):
 
         h = modulate(self.norm1(x), shift1, scale1).reshape(batch, frames * positions, width)
         h, keys_values = self.attn(h, h, mask=mask, rotary=rotary, past=past)
-        x = x + gate1[:, :, None] * h.view(batch, frames, positions, width)
+        x = torch.addcmul(x, gate1[:, :, None], h.view(batch, frames, positions, width))
 
         lstm_end = None
         if self.malt is not None:
@@ -198,7 +200,7 @@ class Block(nn.Module):
         x = x + self.cross(per_chunk, text, mask=text_bias[:, :, None, None, :].to(x.dtype))[0].view_as(x)
 
         h = self.mlp(modulate(self.norm3(x), shift2, scale2))
-        return x + gate2[:, :, None] * h, lstm_end, keys_values
+        return torch.addcmul(x, gate2[:, :, None], h), lstm_end, keys_values
 
 
 @dataclass(frozen=True)
