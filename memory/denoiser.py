@@ -79,21 +79,27 @@ class Attention(nn.Module):
         self.k_norm = nn.RMSNorm(width // heads)
         self.out = nn.Linear(width, width)
 
-    def forward(self, x, context, mask=None, rotary=None, past=None):
+    def forward(self, x, context, mask=None, rotary=None, past=None, context_keys_values=None):
         """x `[..., N, D]` queries, context `[..., M, Dc]`; mask broadcastable to `[..., heads, N, M]`.
 
         `past`: keys and values of earlier tokens that the queries also see (placed before the context's
-        own; the mask covers both). Returns the output and the context's own keys and values.
+        own; the mask covers both). `context_keys_values`: the context's keys and values as this module
+        returned them before, for a context that has not changed (`context` is then not read).
+        Returns the output and the context's own keys and values.
         """
         # Norms and rotary run while each token's heads still lie side by side in memory, as the projections
         # wrote them: on the head-major layout attention wants, every one of them would copy first.
         q = self.q_norm(self.q(x).unflatten(-1, (self.heads, -1)))
-        k, v = self.kv(context).unflatten(-1, (2, self.heads, -1)).unbind(-3)
-        k = self.k_norm(k)
         if rotary is not None:
-            q, k = rotate(q, *rotary), rotate(k, *rotary)
-        q, k, v = q.transpose(-3, -2), k.transpose(-3, -2), v.transpose(-3, -2)  # [..., heads, tokens, head_dim]
-        own = (k, v)
+            q = rotate(q, *rotary)
+        q = q.transpose(-3, -2)  # [..., heads, tokens, head_dim]
+        if context_keys_values is None:
+            k, v = self.kv(context).unflatten(-1, (2, self.heads, -1)).unbind(-3)
+            k = self.k_norm(k)
+            if rotary is not None:
+                k = rotate(k, *rotary)
+            context_keys_values = k.transpose(-3, -2), v.transpose(-3, -2)
+        k, v = own = context_keys_values
         if past is not None:
             k, v = torch.cat([past[0], k], dim=-2), torch.cat([past[1], v], dim=-2)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
@@ -113,9 +119,12 @@ class MaltMemory(nn.Module):
         self.write = Attention(width, heads)
         self.update_gate = nn.Linear(2 * width, width)
 
-    def forward(self, x: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
-        """What the window tokens `x [B, N, D]` take from `slots [B, S, D]`, gated."""
-        return torch.tanh(self.read_gate) * self.read(self.read_norm(x), self.slot_norm(slots))[0]
+    def forward(self, x: torch.Tensor, slots: torch.Tensor, slot_keys_values=None):
+        """What the window tokens `x [B, N, D]` take from `slots [B, S, D]`, gated, and the slots' keys and
+        values (pass them back as `slot_keys_values` while the slots stay the same)."""
+        read, slot_keys_values = self.read(self.read_norm(x), slots if slot_keys_values else self.slot_norm(slots),
+                                           context_keys_values=slot_keys_values)
+        return torch.tanh(self.read_gate) * read, slot_keys_values
 
     def update(self, slots: torch.Tensor, chunk_tokens: torch.Tensor) -> torch.Tensor:
         context = self.write_norm(torch.cat([slots, chunk_tokens], dim=1))
@@ -175,12 +184,14 @@ class Block(nn.Module):
         nn.init.zeros_(self.modulation.weight)
         nn.init.zeros_(self.modulation.bias)
 
-    def forward(self, x, cond, text, text_bias, mask, rotary, memory, past=None):
-        """x `[B, T, P, D]`; cond `[B, T, D]`; text `[B, N, L, Dt]` per chunk; memory: this layer's
-        slots `[B, S, D]`, or `(h, c)` for an LSTM layer, or None; past: keys and values of earlier
-        window tokens. Returns x, the LSTM's end state, and this layer's keys and values."""
+    def forward(self, x, cond, text, text_bias, mask, rotary, memory, past=None, reads=(None, None)):
+        """x `[B, T, P, D]`; cond `[B, T, D]`; text `[B, L, Dt]`, or `[B, N, L, Dt]` per chunk; memory:
+        this layer's slots `[B, S, D]`, or `(h, c)` for an LSTM layer, or None; past: keys and values of
+        earlier window tokens; reads: the keys and values of the memory slots and of the text, where they
+        are known already (None where not).
+        Returns x, the LSTM's end state, this layer's keys and values, and `reads` as used."""
+        slot_keys_values, text_keys_values = reads
         batch, frames, positions, width = x.shape
-        chunks = text.shape[1]
         shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(cond).chunk(6, dim=-1)
 
         h = modulate(self.norm1(x), shift1, scale1).reshape(batch, frames * positions, width)
@@ -189,18 +200,21 @@ class Block(nn.Module):
 
         lstm_end = None
         if self.malt is not None:
-            read = self.malt(x.reshape(batch, frames * positions, width), memory)
+            read, slot_keys_values = self.malt(x.reshape(batch, frames * positions, width), memory, slot_keys_values)
             x = x + read.view(batch, frames, positions, width)
         if self.lstm is not None:
             read, *lstm_end = self.lstm(x, *memory)
             x = x + read
 
-        # Each chunk's tokens read that chunk's own prompt, so prompts can change from chunk to chunk.
-        per_chunk = self.norm2(x).reshape(batch, chunks, -1, width)
-        x = x + self.cross(per_chunk, text, mask=text_bias[:, :, None, None, :].to(x.dtype))[0].view_as(x)
+        if text.dim() == 3:  # one prompt for the whole window: all tokens read it in one attention
+            queries, mask = self.norm2(x).reshape(batch, frames * positions, width), text_bias[:, None, None, :]
+        else:  # each chunk's tokens read that chunk's own prompt, so prompts can change from chunk to chunk
+            queries, mask = self.norm2(x).reshape(batch, text.shape[1], -1, width), text_bias[:, :, None, None, :]
+        read, text_keys_values = self.cross(queries, text, mask=mask.to(x.dtype), context_keys_values=text_keys_values)
+        x = x + read.view_as(x)
 
         h = self.mlp(modulate(self.norm3(x), shift2, scale2))
-        return torch.addcmul(x, gate2[:, :, None], h), lstm_end, keys_values
+        return torch.addcmul(x, gate2[:, :, None], h), lstm_end, keys_values, (slot_keys_values, text_keys_values)
 
 
 @dataclass(frozen=True)
@@ -210,6 +224,11 @@ class Prefix:
     keys_values: list[tuple[torch.Tensor, torch.Tensor]]         # per layer, `[B, heads, tokens, head_dim]`
     lstm_ends: list[tuple[torch.Tensor, torch.Tensor]]           # per LSTM layer, its (h, c) after them
     layer_outputs: list[torch.Tensor]                            # per layer, `[B, frames, P, D]`: a write reads them
+    # What stays fixed while the window steps, read once here and by every step after: per layer, the keys
+    # and values of the memory slots (MALT) and of the prompt, with the memory and prompt they came from.
+    reads: list[tuple]
+    state: "State"
+    text: tuple[torch.Tensor, torch.Tensor]
 
 
 class Denoiser(nn.Module):
@@ -271,7 +290,8 @@ class Denoiser(nn.Module):
 
     def _run(self, x, t, text, text_bias, state, prefix: "Prefix | None" = None):
         """Shared body of `forward`, `prefix` and `write`: the velocity, each layer's outputs, the LSTM
-        layers' end states and each layer's self-attention keys and values."""
+        layers' end states, each layer's self-attention keys and values, and each layer's reads (the keys
+        and values of its memory slots and of the text)."""
         cfg = self.cfg
         batch, _, frames, height, _ = x.shape
         if frames % cfg.chunk_frames:
@@ -279,9 +299,7 @@ class Denoiser(nn.Module):
         if t.shape != (batch, frames):
             raise ValueError(f"timesteps have shape {tuple(t.shape)}, expected one per latent frame {(batch, frames)}")
         chunks = frames // cfg.chunk_frames
-        if text.dim() == 3:  # one prompt for the whole window
-            text, text_bias = text[:, None].expand(-1, chunks, -1, -1), text_bias[:, None].expand(-1, chunks, -1)
-        if text.shape[1] != chunks:
+        if text.dim() == 4 and text.shape[1] != chunks:
             raise ValueError(f"conditioning has {text.shape[1]} chunks, the window {chunks}")
 
         dtype = self.patch_in.weight.dtype  # inputs and memory arrive in float32; compute in the weights' dtype
@@ -291,6 +309,8 @@ class Denoiser(nn.Module):
 
         weights = torch.softmax(text_bias.float(), dim=-1)[..., None].to(dtype)
         pooled = self.text_pool((weights * text).sum(-2))
+        if text.dim() == 3:  # one prompt for the whole window
+            pooled = pooled[:, None].expand(-1, chunks, -1)
         cond = self.time_mlp(timestep_embedding(t, 256).to(h.dtype)) + pooled.repeat_interleave(cfg.chunk_frames, dim=1)
         cond = F.silu(cond)
 
@@ -300,15 +320,18 @@ class Denoiser(nn.Module):
         mask = self.block_mask(chunks, x.device, before // cfg.chunk_frames)
         cos, sin = rotary_tables(before + frames, cfg.tokens_per_frame, cfg.width // cfg.heads, x.device)
         rotary = (cos[before * cfg.tokens_per_frame:], sin[before * cfg.tokens_per_frame:])
-        layer_outputs, lstm_ends, keys_values = [], [], []
+        known = self._known_reads(prefix, state, text, text_bias)
+        layer_outputs, lstm_ends, keys_values, reads = [], [], [], []
         for i, block in enumerate(self.blocks):
             memory = self._layer_memory(state, i, h.dtype)
             if prefix is not None and block.lstm is not None:  # the scan goes on from where the prefix left it
                 memory = prefix.lstm_ends[self.lstm_layers.index(i)]
             past = None if prefix is None else prefix.keys_values[i]
-            h, lstm_end, layer_keys_values = block(h, cond, text, text_bias, mask, rotary, memory, past)
+            h, lstm_end, layer_keys_values, layer_reads = block(h, cond, text, text_bias, mask, rotary, memory, past,
+                                                                known[i])
             layer_outputs.append(h)
             keys_values.append(layer_keys_values)
+            reads.append(layer_reads)
             if lstm_end is not None:
                 lstm_ends.append(lstm_end)
 
@@ -316,7 +339,19 @@ class Denoiser(nn.Module):
         out = self.patch_out(modulate(self.final_norm(h), shift, scale))
         velocity = rearrange(out, "b t (h w) (c p q) -> b c t (h p) (w q)",
                              h=height // cfg.patch, p=cfg.patch, q=cfg.patch)
-        return velocity, layer_outputs, lstm_ends, keys_values
+        return velocity, layer_outputs, lstm_ends, keys_values, reads
+
+    def _known_reads(self, prefix: "Prefix | None", state: State, text, text_bias) -> list[tuple]:
+        """Per layer, the memory's and the prompt's keys and values that `prefix` read from this very memory
+        and prompt (one prompt for the whole window), or None for those to compute afresh."""
+        none = [(None, None)] * len(self.blocks)
+        if prefix is None:
+            return none
+        if prefix.state.keys() != state.keys() or not all(torch.equal(prefix.state[k], state[k]) for k in state):
+            raise ValueError("a prefix must be used with the memory state it was made with")
+        same_text = text.dim() == 3 and prefix.text[0].shape == text.shape \
+            and torch.equal(prefix.text[0], text) and torch.equal(prefix.text[1], text_bias)
+        return [(slots, text_keys_values if same_text else None) for slots, text_keys_values in prefix.reads]
 
     def forward(self, x, t, text, text_bias, state: State, prefix: "Prefix | None" = None) -> torch.Tensor:
         """Velocity for the window `x [B, C, T, H, W]` at per-frame times `t [B, T]`.
@@ -334,12 +369,14 @@ class Denoiser(nn.Module):
         Under the block-causal mask the first chunks of a window see only themselves, so what they give
         the chunks after them (each layer's keys and values, and the LSTM's state after them) does not
         depend on those chunks. A sampler that keeps clean chunks in front for several steps runs them
-        once instead of at every step, and gets the same velocities.
+        once instead of at every step, and gets the same velocities. The steps also reuse the keys and
+        values of the memory slots, which a prefix must share with them, and of the prompt, when it is one
+        prompt for the whole window and the same as the prefix's.
         """
         if not self.cfg.block_causal:
             raise ValueError("only a block-causal model can reuse the front of its window")
-        _, layer_outputs, lstm_ends, keys_values = self._run(x, t, text, text_bias, state)
-        return Prefix(x.shape[2], keys_values, lstm_ends, layer_outputs)
+        _, layer_outputs, lstm_ends, keys_values, reads = self._run(x, t, text, text_bias, state)
+        return Prefix(x.shape[2], keys_values, lstm_ends, layer_outputs, reads, state, (text, text_bias))
 
     def write(self, state: State, chunk: torch.Tensor, text, text_bias, noise: torch.Tensor | None = None,
               seen: Prefix | None = None) -> State:
@@ -365,7 +402,7 @@ class Denoiser(nn.Module):
             noise = torch.randn_like(chunk) if noise is None else noise
             noisy = (1 - cfg.write_noise) * chunk + cfg.write_noise * noise
             t = torch.full(chunk.shape[:1] + chunk.shape[2:3], cfg.write_noise, device=chunk.device)
-            _, layer_outputs, lstm_ends, _ = self._run(noisy, t, text, text_bias, state)
+            _, layer_outputs, lstm_ends, _, _ = self._run(noisy, t, text, text_bias, state)
         if cfg.memory == "malt":
             slots = state["malt.slots"]
             updated = [block.malt.update(slots[:, i].to(h.dtype), h.flatten(1, 2)).float()

@@ -140,11 +140,17 @@ class Conditioner:
                     noise = seeded_noise(self.settings.seed, index, WRITE, x[:, :, span].shape).to(x)
                     x[:, :, span] = (1 - level) * x[:, :, span] + level * noise
                     t[:, span] = level
-        tokens, bias = stack([self.conditioning(i) for i in indexes])
+        conditionings = [self.conditioning(i) for i in indexes]
+        tokens, bias = stack(conditionings)
+        shared = all(c is conditionings[0] for c in conditionings)
+        if shared:  # one prompt for the whole window: the denoiser reads it once for all chunks
+            tokens, bias = tokens[:, 0], bias[:, 0]
         memory = self.memory
         guidance = self.settings.guidance
         if guidance != 1:  # conditional and unconditional in one batch
-            null_tokens, null_bias = stack([self.null] * len(indexes), length=tokens.shape[2])
+            null_tokens, null_bias = stack([self.null] * len(indexes), length=tokens.shape[-2])
+            if shared:
+                null_tokens, null_bias = null_tokens[:, 0], null_bias[:, 0]
             x, t, tokens, bias = torch.cat([x, x]), torch.cat([t, t]), torch.cat([tokens, null_tokens]), \
                 torch.cat([bias, null_bias])
             memory = {k: torch.cat([v, v]) for k, v in memory.items()}
@@ -155,9 +161,10 @@ class Conditioner:
             split = front * frames
             key = tuple(indexes[:front])
             if self._front is None or self._front[0] != key:
-                self._front = key, denoiser.prefix(x[:, :, :split], t[:, :split], tokens[:, :front], bias[:, :front],
-                                                   memory)
-            rest = denoiser(x[:, :, split:], t[:, split:], tokens[:, front:], bias[:, front:], memory, self._front[1])
+                text = (tokens, bias) if shared else (tokens[:, :front], bias[:, :front])
+                self._front = key, denoiser.prefix(x[:, :, :split], t[:, :split], *text, memory)
+            text = (tokens, bias) if shared else (tokens[:, front:], bias[:, front:])
+            rest = denoiser(x[:, :, split:], t[:, split:], *text, memory, self._front[1])
             velocity = torch.cat([rest.new_zeros(rest.shape[:2] + (split,) + rest.shape[3:]), rest], dim=2)
         if guidance == 1:
             return velocity

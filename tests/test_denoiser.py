@@ -107,3 +107,21 @@ def test_a_prefix_run_once_gives_the_rest_of_the_window_the_same_velocity(memory
     rest = model(x[:, :, split:], t[:, split:], text, bias, state, prefix)
     assert rest.shape == whole[:, :, split:].shape
     assert torch.allclose(rest, whole[:, :, split:], atol=1e-10, rtol=0)
+    # A prompt that changes after the front: the prefix's text keys and values must not be reused for it.
+    other = torch.randn_like(text)
+    per_chunk = torch.stack([text, text, other, other], dim=1), torch.stack([bias] * 4, dim=1)
+    whole = model(x, t, *per_chunk, state)
+    rest = model(x[:, :, split:], t[:, split:], other, bias, state, prefix)
+    assert torch.allclose(rest, whole[:, :, split:], atol=1e-10, rtol=0)
+
+
+@torch.no_grad()
+def test_a_prefix_is_refused_with_another_memory_state():
+    model = randomise(denoiser("malt"))
+    x, t, text, bias = denoiser_inputs(model.cfg, chunks=2)
+    state = model.initial_state(2)
+    split = model.cfg.chunk_frames
+    prefix = model.prefix(x[:, :, :split], t[:, :split], text, bias, state)
+    written = {name: value + 1 for name, value in state.items()}
+    with pytest.raises(ValueError, match="memory state it was made with"):
+        model(x[:, :, split:], t[:, split:], text, bias, written, prefix)

@@ -160,8 +160,10 @@ def test_prompt_schedule_changes_the_video(model):
     settings = SamplerSettings(**FAST)
     fixed = all_frames(LongVideo(model, "a red ball", seconds=2, fps=24, settings=settings))
     scheduled = all_frames(LongVideo(model, "0: a red ball\n1: a blue square", seconds=2, fps=24, settings=settings))
-    assert torch.equal(fixed[:, :24], scheduled[:, :24])
-    assert not torch.equal(fixed[:, 24:], scheduled[:, 24:])
+    # The first second is the same video. Not to the bit: windows that already hold a chunk of the new
+    # prompt read the text chunk by chunk instead of once for the window, which rounds differently.
+    assert torch.allclose(fixed[:, :24], scheduled[:, :24], atol=0.02)
+    assert (fixed[:, 24:] - scheduled[:, 24:]).abs().max() > 0.5
 
 
 @pytest.mark.parametrize("kwargs,message", [
