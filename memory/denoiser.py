@@ -35,6 +35,7 @@ from torch import nn
 from .config import DenoiserConfig
 
 State = dict[str, torch.Tensor]
+KeysValues = tuple[torch.Tensor, torch.Tensor]
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -60,6 +61,11 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
     """x `[..., N, heads, head_dim]`: each pair (i, i + head_dim/2) turned by its frame's angle."""
     first, second = x.chunk(2, dim=-1)
     return torch.addcmul(x * cos.to(x.dtype), torch.cat([second, first], dim=-1), sin.to(x.dtype))
+
+
+def same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal tensors; the identity check first spares a device sync when they are one tensor."""
+    return a is b or (a.shape == b.shape and torch.equal(a, b))
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -122,8 +128,8 @@ class MaltMemory(nn.Module):
     def forward(self, x: torch.Tensor, slots: torch.Tensor, slot_keys_values=None):
         """What the window tokens `x [B, N, D]` take from `slots [B, S, D]`, gated, and the slots' keys and
         values (pass them back as `slot_keys_values` while the slots stay the same)."""
-        read, slot_keys_values = self.read(self.read_norm(x), slots if slot_keys_values else self.slot_norm(slots),
-                                           context_keys_values=slot_keys_values)
+        slots = self.slot_norm(slots) if slot_keys_values is None else None
+        read, slot_keys_values = self.read(self.read_norm(x), slots, context_keys_values=slot_keys_values)
         return torch.tanh(self.read_gate) * read, slot_keys_values
 
     def update(self, slots: torch.Tensor, chunk_tokens: torch.Tensor) -> torch.Tensor:
@@ -207,10 +213,11 @@ class Block(nn.Module):
             x = x + read
 
         if text.dim() == 3:  # one prompt for the whole window: all tokens read it in one attention
-            queries, mask = self.norm2(x).reshape(batch, frames * positions, width), text_bias[:, None, None, :]
+            queries, text_mask = self.norm2(x).reshape(batch, frames * positions, width), text_bias[:, None, None, :]
         else:  # each chunk's tokens read that chunk's own prompt, so prompts can change from chunk to chunk
-            queries, mask = self.norm2(x).reshape(batch, text.shape[1], -1, width), text_bias[:, :, None, None, :]
-        read, text_keys_values = self.cross(queries, text, mask=mask.to(x.dtype), context_keys_values=text_keys_values)
+            queries, text_mask = self.norm2(x).reshape(batch, text.shape[1], -1, width), text_bias[:, :, None, None, :]
+        read, text_keys_values = self.cross(queries, text, mask=text_mask.to(x.dtype),
+                                            context_keys_values=text_keys_values)
         x = x + read.view_as(x)
 
         h = self.mlp(modulate(self.norm3(x), shift2, scale2))
@@ -226,8 +233,8 @@ class Prefix:
     layer_outputs: list[torch.Tensor]                            # per layer, `[B, frames, P, D]`: a write reads them
     # What stays fixed while the window steps, read once here and by every step after: per layer, the keys
     # and values of the memory slots (MALT) and of the prompt, with the memory and prompt they came from.
-    reads: list[tuple]
-    state: "State"
+    reads: list[tuple[KeysValues | None, KeysValues | None]]
+    state: State
     text: tuple[torch.Tensor, torch.Tensor]
 
 
@@ -301,8 +308,11 @@ class Denoiser(nn.Module):
         chunks = frames // cfg.chunk_frames
         if text.dim() == 4 and text.shape[1] != chunks:
             raise ValueError(f"conditioning has {text.shape[1]} chunks, the window {chunks}")
+        if prefix is not None and prefix.keys_values[0][0].shape[0] != batch:
+            raise ValueError("a prefix must be used with the batch it was made for")
 
         dtype = self.patch_in.weight.dtype  # inputs and memory arrive in float32; compute in the weights' dtype
+        known = self._known_reads(prefix, state, text, text_bias)  # compared as the prefix got them, before the cast
         x, text = x.to(dtype), text.to(dtype)
         tokens = rearrange(x, "b c t (h p) (w q) -> b t (h w) (c p q)", p=cfg.patch, q=cfg.patch)
         h = self.patch_in(tokens) + self.spatial_position
@@ -315,12 +325,9 @@ class Denoiser(nn.Module):
         cond = F.silu(cond)
 
         before = 0 if prefix is None else prefix.frames
-        if prefix is not None and prefix.keys_values[0][0].shape[0] != batch:
-            raise ValueError("a prefix must be used with the batch it was made for")
         mask = self.block_mask(chunks, x.device, before // cfg.chunk_frames)
         cos, sin = rotary_tables(before + frames, cfg.tokens_per_frame, cfg.width // cfg.heads, x.device)
         rotary = (cos[before * cfg.tokens_per_frame:], sin[before * cfg.tokens_per_frame:])
-        known = self._known_reads(prefix, state, text, text_bias)
         layer_outputs, lstm_ends, keys_values, reads = [], [], [], []
         for i, block in enumerate(self.blocks):
             memory = self._layer_memory(state, i, h.dtype)
@@ -344,14 +351,13 @@ class Denoiser(nn.Module):
     def _known_reads(self, prefix: "Prefix | None", state: State, text, text_bias) -> list[tuple]:
         """Per layer, the memory's and the prompt's keys and values that `prefix` read from this very memory
         and prompt (one prompt for the whole window), or None for those to compute afresh."""
-        none = [(None, None)] * len(self.blocks)
         if prefix is None:
-            return none
-        if prefix.state.keys() != state.keys() or not all(torch.equal(prefix.state[k], state[k]) for k in state):
+            return [(None, None)] * len(self.blocks)
+        if prefix.state.keys() != state.keys() or not all(same(prefix.state[k], state[k]) for k in state):
             raise ValueError("a prefix must be used with the memory state it was made with")
-        same_text = text.dim() == 3 and prefix.text[0].shape == text.shape \
-            and torch.equal(prefix.text[0], text) and torch.equal(prefix.text[1], text_bias)
-        return [(slots, text_keys_values if same_text else None) for slots, text_keys_values in prefix.reads]
+        same_text = text.dim() == 3 and same(prefix.text[0], text) and same(prefix.text[1], text_bias)
+        return [(slot_keys_values, text_keys_values if same_text else None)
+                for slot_keys_values, text_keys_values in prefix.reads]
 
     def forward(self, x, t, text, text_bias, state: State, prefix: "Prefix | None" = None) -> torch.Tensor:
         """Velocity for the window `x [B, C, T, H, W]` at per-frame times `t [B, T]`.
@@ -376,6 +382,8 @@ class Denoiser(nn.Module):
         if not self.cfg.block_causal:
             raise ValueError("only a block-causal model can reuse the front of its window")
         _, layer_outputs, lstm_ends, keys_values, reads = self._run(x, t, text, text_bias, state)
+        if text.dim() == 4:  # a prompt per chunk is never reused
+            reads = [(slot_keys_values, None) for slot_keys_values, _ in reads]
         return Prefix(x.shape[2], keys_values, lstm_ends, layer_outputs, reads, state, (text, text_bias))
 
     def write(self, state: State, chunk: torch.Tensor, text, text_bias, noise: torch.Tensor | None = None,

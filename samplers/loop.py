@@ -111,6 +111,7 @@ class Conditioner:
         self._prompts: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.null = self._encode("")
         self._front: tuple[tuple[int, ...], object] | None = None  # (chunk indexes, their Prefix)
+        self._text = self._memory = None  # (what it was made from, the guided batch's tensors)
 
     def _encode(self, prompt: str):
         if prompt not in self._prompts:
@@ -141,19 +142,12 @@ class Conditioner:
                     x[:, :, span] = (1 - level) * x[:, :, span] + level * noise
                     t[:, span] = level
         conditionings = [self.conditioning(i) for i in indexes]
-        tokens, bias = stack(conditionings)
-        shared = all(c is conditionings[0] for c in conditionings)
-        if shared:  # one prompt for the whole window: the denoiser reads it once for all chunks
-            tokens, bias = tokens[:, 0], bias[:, 0]
+        shared = all(c is conditionings[0] for c in conditionings)  # one prompt: read once for the whole window
+        tokens, bias = self._guided_text(conditionings[0]) if shared else self._guided_text_per_chunk(conditionings)
         memory = self.memory
-        guidance = self.settings.guidance
-        if guidance != 1:  # conditional and unconditional in one batch
-            null_tokens, null_bias = stack([self.null] * len(indexes), length=tokens.shape[-2])
-            if shared:
-                null_tokens, null_bias = null_tokens[:, 0], null_bias[:, 0]
-            x, t, tokens, bias = torch.cat([x, x]), torch.cat([t, t]), torch.cat([tokens, null_tokens]), \
-                torch.cat([bias, null_bias])
-            memory = {k: torch.cat([v, v]) for k, v in memory.items()}
+        if self.settings.guidance != 1:  # conditional and unconditional in one batch
+            x, t = torch.cat([x, x]), torch.cat([t, t])
+            memory = self._guided_memory()
         denoiser = self.model.denoiser
         if not (self.reuse_front and front and front < len(indexes) and denoiser.cfg.block_causal):
             velocity = denoiser(x, t, tokens, bias, memory)
@@ -166,10 +160,32 @@ class Conditioner:
             text = (tokens, bias) if shared else (tokens[:, front:], bias[:, front:])
             rest = denoiser(x[:, :, split:], t[:, split:], *text, memory, self._front[1])
             velocity = torch.cat([rest.new_zeros(rest.shape[:2] + (split,) + rest.shape[3:]), rest], dim=2)
-        if guidance == 1:
+        if self.settings.guidance == 1:
             return velocity
         conditional, unconditional = velocity.chunk(2)
-        return unconditional + guidance * (conditional - unconditional)
+        return unconditional + self.settings.guidance * (conditional - unconditional)
+
+    # The guided batch's text and memory are made once and kept while they stay the same, so that each step
+    # hands the denoiser the very tensors its prefix was made with (it reuses their keys and values then).
+    def _guided_text(self, conditioning):
+        """One prompt's tokens `[B, L, D]` and bias `[B, L]`, with the null prompt as the second half under
+        guidance."""
+        if self._text is None or self._text[0] is not conditioning:
+            tokens, bias = self._guided_text_per_chunk([conditioning])
+            self._text = conditioning, (tokens[:, 0], bias[:, 0])
+        return self._text[1]
+
+    def _guided_text_per_chunk(self, conditionings):
+        tokens, bias = stack(conditionings)
+        if self.settings.guidance == 1:
+            return tokens, bias
+        null_tokens, null_bias = stack([self.null] * len(conditionings), length=tokens.shape[2])
+        return torch.cat([tokens, null_tokens]), torch.cat([bias, null_bias])
+
+    def _guided_memory(self):
+        if self._memory is None or self._memory[0] is not self.memory:
+            self._memory = self.memory, {k: torch.cat([v, v]) for k, v in self.memory.items()}
+        return self._memory[1]
 
     def leave(self, chunk: Chunk) -> None:
         front, self._front = self._front, None  # the memory it was made with is about to change

@@ -161,8 +161,9 @@ def test_prompt_schedule_changes_the_video(model):
     fixed = all_frames(LongVideo(model, "a red ball", seconds=2, fps=24, settings=settings))
     scheduled = all_frames(LongVideo(model, "0: a red ball\n1: a blue square", seconds=2, fps=24, settings=settings))
     # The first second is the same video. Not to the bit: windows that already hold a chunk of the new
-    # prompt read the text chunk by chunk instead of once for the window, which rounds differently.
-    assert torch.allclose(fixed[:, :24], scheduled[:, :24], atol=0.02)
+    # prompt read the text chunk by chunk instead of once for the window, which rounds differently (this
+    # random model decodes that to differences under 0.01; a prompt leaking backwards would show as ~1).
+    assert torch.allclose(fixed[:, :24], scheduled[:, :24], atol=0.015)
     assert (fixed[:, 24:] - scheduled[:, 24:]).abs().max() > 0.5
 
 
@@ -278,7 +279,9 @@ def test_reusing_the_clean_front_chunks_changes_no_frame(memory, mode, context_n
     model = randomise(LongTakeModel(small_model_config(memory)), scale=0.15).eval().double()
     assert model.config.denoiser.write_noise == 0.05
     settings = SamplerSettings(mode=mode, steps=4, window_chunks=2, overlap=2, context_noise=context_noise)
-    reused = all_frames(LongVideo(model, "a red ball", seconds=2, fps=12, settings=settings))
+    # A prompt change: windows read one prompt, then a prompt per chunk while it blends in, then one again.
+    prompts = "0: a red ball\n1: a blue square"
+    reused = all_frames(LongVideo(model, prompts, seconds=2, fps=12, settings=settings))
     monkeypatch.setattr(Conditioner, "reuse_front", False)
-    recomputed = all_frames(LongVideo(model, "a red ball", seconds=2, fps=12, settings=settings))
+    recomputed = all_frames(LongVideo(model, prompts, seconds=2, fps=12, settings=settings))
     assert (reused - recomputed).abs().max() <= 1e-5
