@@ -228,7 +228,7 @@ class Block(nn.Module):
 class Prefix:
     """What the first chunks of a window give the rest of it: see `Denoiser.prefix`."""
     frames: int                                                  # latent frames it covers
-    keys_values: list[tuple[torch.Tensor, torch.Tensor]]         # per layer, `[B, heads, tokens, head_dim]`
+    keys_values: list[KeysValues]                                # per layer, `[B, heads, tokens, head_dim]`
     lstm_ends: list[tuple[torch.Tensor, torch.Tensor]]           # per LSTM layer, its (h, c) after them
     layer_outputs: list[torch.Tensor]                            # per layer, `[B, frames, P, D]`: a write reads them
     # What stays fixed while the window steps, read once here and by every step after: per layer, the keys
