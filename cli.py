@@ -166,7 +166,8 @@ def cmd_train(args) -> int:
         config = ModelConfig(vae=vae_config, text=TextConfig(vocab=vocab), denoiser=denoiser)
         vae_state, record = vae.state_dict(), {"vae": vae_record}
     settings = DenoiserTraining(seed=args.data_seed)
-    changes = {k: v for k, v in (("steps", args.denoiser_steps), ("batch", args.batch), ("videos", args.cache_videos))
+    changes = {k: v for k, v in (("steps", args.denoiser_steps), ("batch", args.batch), ("lr", args.lr),
+                                                 ("videos", args.cache_videos))
                if v}
     settings = dataclasses.replace(settings, **changes)
     record["command"] = "longtake " + " ".join(sys.argv[1:])
@@ -262,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--vae-steps", type=int)
     train.add_argument("--denoiser-steps", type=int)
     train.add_argument("--batch", type=int, help="windows per step per process (default 16)")
+    train.add_argument("--lr", type=float, help="peak denoiser learning rate (default 4e-4; lower it to fine-tune)")
     train.add_argument("--cache-videos", type=int, help="videos encoded into the latent cache (default 600)")
     train.add_argument("--data-seed", type=int, default=0)
     train.add_argument("--ship", action="store_true", help="also write the result as the bundled demo model (float16)")
