@@ -123,9 +123,11 @@ def cmd_generate(args) -> int:
 
 def cmd_train(args) -> int:
     import dataclasses
+
+    import torch
     from .memory import DenoiserConfig, ModelConfig, TextConfig, load_checkpoint
     from .training.data import DemoWorld, VideoFolder
-    from .training.train_denoiser import DenoiserTraining, train_denoiser
+    from .training.train_denoiser import DenoiserTraining, switch_memory, train_denoiser
     from .training.train_vae import VAETraining, load_trained_vae, train_vae
     from .training.vocab import VOCAB
 
@@ -155,6 +157,10 @@ def cmd_train(args) -> int:
         # A VAE fine-tuned in this run folder replaces the checkpoint's own.
         initial, config = base.state_dict(), base.config
         record = dict(base.config.record, fine_tuned_from=str(args.init))
+        if args.memory and args.memory != config.denoiser.memory:
+            torch.manual_seed(args.data_seed)
+            initial, config = switch_memory(initial, config, args.memory)
+            record["memory_switched_from"] = base.config.denoiser.memory
         vae_state = base.vae.state_dict()
         if (out / "vae.safetensors").exists():
             tuned, _, record["vae"] = load_trained_vae(out)
@@ -162,7 +168,7 @@ def cmd_train(args) -> int:
     else:
         vae, vae_config, vae_record = load_trained_vae(out)
         vocab = VOCAB + tuple(sorted(source.words() - set(VOCAB))) if args.videos else VOCAB
-        denoiser = DenoiserConfig(latent_channels=vae_config.latent_channels, memory=args.memory, width=args.width, depth=args.depth, heads=args.heads)
+        denoiser = DenoiserConfig(latent_channels=vae_config.latent_channels, memory=args.memory or "malt", width=args.width, depth=args.depth, heads=args.heads)
         config = ModelConfig(vae=vae_config, text=TextConfig(vocab=vocab), denoiser=denoiser)
         vae_state, record = vae.state_dict(), {"vae": vae_record}
     settings = DenoiserTraining(seed=args.data_seed)
@@ -256,7 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--videos", help="a folder of your own videos, each with a .txt caption beside it")
     train.add_argument("--init", help="fine-tune this LongTake checkpoint instead of starting fresh "
                        "(vae: its VAE; denoiser: its weights, with a VAE fine-tuned in --out if there is one)")
-    train.add_argument("--memory", choices=("none", "malt", "lstm"), default="malt")
+    train.add_argument("--memory", choices=("none", "malt", "lstm"),
+                       help="memory of a new model (default malt); with --init, switch the model to this memory, "
+                            "keeping every other weight")
     train.add_argument("--width", type=int, default=128, help="denoiser width (default 128)")
     train.add_argument("--depth", type=int, default=6, help="denoiser blocks (default 6)")
     train.add_argument("--heads", type=int, default=4, help="attention heads (default 4)")

@@ -7,7 +7,8 @@ import torch
 from helpers import small_model_config
 from longtake.memory import TextConfig, load_checkpoint
 from longtake.training.data import DemoWorld, VideoFolder
-from longtake.training.train_denoiser import DenoiserTraining, WindowLoss, export, noise_layout, train_denoiser
+from longtake.training.train_denoiser import (DenoiserTraining, WindowLoss, export, noise_layout, switch_memory,
+                                              train_denoiser)
 from longtake.training.train_vae import VAETraining, load_trained_vae, train_vae
 from longtake.training.vocab import VOCAB
 
@@ -104,6 +105,23 @@ def test_fine_tuning_starts_from_the_given_weights(trained_vae, tmp_path):
                                            initial=base.state_dict()))
     for name, value in base.state_dict().items():
         assert torch.allclose(value, tuned.state_dict()[name]), name
+
+
+def test_a_trained_model_switches_to_another_memory_keeping_its_other_weights(trained_vae, tmp_path):
+    vae_dir, _ = trained_vae
+    base = load_checkpoint(denoise(tmp_path / "base", 2, vae_dir))
+    assert base.config.denoiser.memory == "malt"
+    torch.manual_seed(0)
+    initial, config = switch_memory(base.state_dict(), base.config, "lstm")
+    tuned = load_checkpoint(train_denoiser(config, base.vae.state_dict(), DemoWorld(seed=0), tmp_path / "lstm",
+                                           DenoiserTraining(steps=1, **TINY_DENOISER, lr=0.0), {}, initial=initial))
+    assert tuned.config.denoiser.memory == "lstm" and tuned.denoiser.lstm_layers
+    weights = tuned.state_dict()
+    assert not any(".malt." in name or "initial_slots" in name for name in weights)
+    shared = [name for name in base.state_dict() if name in weights]
+    assert len(shared) > 0.8 * len(weights)
+    for name in shared:
+        assert torch.equal(base.state_dict()[name], weights[name]), name
 
 
 def test_remade_front_is_the_one_step_estimate_from_the_noised_truth(monkeypatch):

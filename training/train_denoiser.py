@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -286,6 +286,15 @@ def train_denoiser(config: ModelConfig, vae_state: dict, source, out: Path, sett
     preview(model, ema, settings, out / "previews" / "final.mp4")
     print(f"saved {path}", flush=True)
     return path
+
+
+def switch_memory(initial: dict, config: ModelConfig, memory: str) -> tuple[dict, ModelConfig]:
+    """A trained model's weights and config for the same model with another memory: every weight the two
+    share is kept, the new memory starts fresh (seed torch first). Its read gates start at zero, so the result
+    begins as the trained model without its memory, and fine-tuning teaches it the new one."""
+    config = config.replace(denoiser=replace(config.denoiser, memory=memory))
+    fresh = LongTakeModel(config).state_dict()
+    return {name: initial.get(name, value) for name, value in fresh.items()}, config
 
 
 def export(out: Path) -> Path:
