@@ -54,8 +54,8 @@ class DenoiserTraining:
     occlusion_drop: float = 0.6   # ...with prompts that often leave its color out, so only memory has it
     shift: float = 1.0
     context_noise: float = 0.15   # the clean front chunk is noised up to this level in half the windows
-    remade_share: float = 0.5     # windows whose front chunk is the model's own one-step estimate, not the truth
-    remade_levels: tuple[float, float] = (0.05, 0.5)  # ...made from the truth noised to a level in this range
+    remade_share: float = 0.3     # windows whose front chunk is the model's own one-step estimate, not the truth
+    remade_levels: tuple[float, float] = (0.05, 0.4)  # ...made from the truth noised to a level in this range
     preview_every: int = 3000
     preview_prompt: str = "a red ball bouncing on a black background"
     save_every: int = 250
