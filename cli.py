@@ -173,7 +173,7 @@ def cmd_train(args) -> int:
         vae_state, record = vae.state_dict(), {"vae": vae_record}
     settings = DenoiserTraining(seed=args.data_seed)
     changes = {k: v for k, v in (("steps", args.denoiser_steps), ("batch", args.batch), ("lr", args.lr),
-                                                 ("videos", args.cache_videos))
+                                 ("videos", args.cache_videos))
                if v}
     settings = dataclasses.replace(settings, **changes)
     record["command"] = "longtake " + " ".join(sys.argv[1:])
