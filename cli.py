@@ -123,8 +123,6 @@ def cmd_generate(args) -> int:
 
 def cmd_train(args) -> int:
     import dataclasses
-
-    import torch
     from .memory import DenoiserConfig, ModelConfig, TextConfig, load_checkpoint
     from .training.data import DemoWorld, VideoFolder
     from .training.train_denoiser import DenoiserTraining, switch_memory, train_denoiser
@@ -158,8 +156,7 @@ def cmd_train(args) -> int:
         initial, config = base.state_dict(), base.config
         record = dict(base.config.record, fine_tuned_from=str(args.init))
         if args.memory and args.memory != config.denoiser.memory:
-            torch.manual_seed(args.data_seed)
-            initial, config = switch_memory(initial, config, args.memory)
+            initial, config = switch_memory(initial, config, args.memory, seed=args.data_seed)
             record["memory_switched_from"] = base.config.denoiser.memory
         vae_state = base.vae.state_dict()
         if (out / "vae.safetensors").exists():

@@ -90,9 +90,13 @@ def test_video_folder_skips_bad_files_with_a_warning(tmp_path):
     assert abs(int(frames[5, 30, 30, 0]) - 200) <= 3
 
 
-def test_fine_tuning_starts_from_the_given_weights(trained_vae, tmp_path):
-    vae_dir, _ = trained_vae
-    base = load_checkpoint(denoise(tmp_path / "base", 2, vae_dir))
+@pytest.fixture(scope="module")
+def trained_model(trained_vae, tmp_path_factory):
+    return load_checkpoint(denoise(tmp_path_factory.mktemp("base"), 2, trained_vae[0]))
+
+
+def test_fine_tuning_starts_from_the_given_weights(trained_model, tmp_path):
+    base = trained_model
     world = DemoWorld(seed=0)
     # At learning rate 0 a fine-tune must hand back exactly what it started from.
     train_vae(world, world, base.config.vae, tmp_path / "tuned", VAETraining(steps=1, **dict(TINY_VAE, warmup=1), lr=0.0),
@@ -107,11 +111,9 @@ def test_fine_tuning_starts_from_the_given_weights(trained_vae, tmp_path):
         assert torch.allclose(value, tuned.state_dict()[name]), name
 
 
-def test_a_trained_model_switches_to_another_memory_keeping_its_other_weights(trained_vae, tmp_path):
-    vae_dir, _ = trained_vae
-    base = load_checkpoint(denoise(tmp_path / "base", 2, vae_dir))
+def test_a_trained_model_switches_to_another_memory_keeping_its_other_weights(trained_model, tmp_path):
+    base = trained_model
     assert base.config.denoiser.memory == "malt"
-    torch.manual_seed(0)
     initial, config = switch_memory(base.state_dict(), base.config, "lstm")
     tuned = load_checkpoint(train_denoiser(config, base.vae.state_dict(), DemoWorld(seed=0), tmp_path / "lstm",
                                            DenoiserTraining(steps=1, **TINY_DENOISER, lr=0.0), {}, initial=initial))

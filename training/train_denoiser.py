@@ -288,12 +288,14 @@ def train_denoiser(config: ModelConfig, vae_state: dict, source, out: Path, sett
     return path
 
 
-def switch_memory(initial: dict, config: ModelConfig, memory: str) -> tuple[dict, ModelConfig]:
+def switch_memory(initial: dict, config: ModelConfig, memory: str, seed: int = 0) -> tuple[dict, ModelConfig]:
     """A trained model's weights and config for the same model with another memory: every weight the two
-    share is kept, the new memory starts fresh (seed torch first). Its read gates start at zero, so the result
+    share is kept, the new memory starts fresh from `seed`. Its read gates start at zero, so the result
     begins as the trained model without its memory, and fine-tuning teaches it the new one."""
     config = config.replace(denoiser=replace(config.denoiser, memory=memory))
-    fresh = LongTakeModel(config).state_dict()
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        fresh = LongTakeModel(config).state_dict()
     return {name: initial.get(name, value) for name, value in fresh.items()}, config
 
 
