@@ -135,18 +135,34 @@ def cmd_train(args) -> int:
         path = export(out)
         print(f"wrote {path} from the latest training state in {out}")
         return _ship(path) if args.ship else 0
+    if args.decoder_only and args.stage != "vae":
+        raise ValueError(f"--decoder-only is for the vae stage (longtake train vae --init ... --decoder-only), "
+                         f"not {args.stage}")
     source = VideoFolder(args.videos, resolution=64) if args.videos else DemoWorld(seed=args.data_seed)
     base = load_checkpoint(args.init) if args.init else None
     if args.stage in ("vae", "demo"):
         heldout = source if args.videos else DemoWorld(seed=args.data_seed + 1)
-        vae_settings = VAETraining(seed=args.data_seed)
+        vae_settings = VAETraining(seed=args.data_seed, decoder_only=args.decoder_only)
         if args.vae_steps:
             vae_settings = dataclasses.replace(vae_settings, steps=args.vae_steps)
         from .memory.config import VAEConfig
         if base is None:
+            if args.decoder_only:
+                raise ValueError("--decoder-only fine-tunes a trained model's decoder: give --init CHECKPOINT")
             train_vae(source, heldout, VAEConfig(), out, vae_settings)
         else:
             train_vae(source, heldout, base.config.vae, out, vae_settings, initial=base.vae.state_dict())
+    if args.stage == "vae" and args.decoder_only:
+        # The latents are unchanged, so the model's denoiser goes on working with the new decoder as it is.
+        from .memory import save_checkpoint
+        tuned, _, vae_record = load_trained_vae(out)
+        base.vae.load_state_dict(tuned.state_dict())
+        record = dict(base.config.record, decoder_fine_tuned=dict(vae_record, from_model=str(args.init),
+                                                                  command="longtake " + " ".join(sys.argv[1:])))
+        path = out / "model.safetensors"
+        save_checkpoint(base, path, config=base.config.replace(record=record))
+        print(f"wrote {path}: {args.init} with the fine-tuned decoder")
+        return _ship(path) if args.ship else 0
     if args.stage == "vae":
         return 0
 
@@ -266,6 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--depth", type=int, default=6, help="denoiser blocks (default 6)")
     train.add_argument("--heads", type=int, default=4, help="attention heads (default 4)")
     train.add_argument("--vae-steps", type=int)
+    train.add_argument("--decoder-only", action="store_true",
+                       help="vae with --init: fine-tune the decoder alone; the latents stay the same, so the "
+                            "result is the whole model with the new decoder (model.safetensors in --out)")
     train.add_argument("--denoiser-steps", type=int)
     train.add_argument("--batch", type=int, help="windows per step per process (default 16)")
     train.add_argument("--lr", type=float, help="peak denoiser learning rate (default 4e-4; lower it to fine-tune)")

@@ -13,6 +13,9 @@ measure is a small pure function of them, taken over 2-second clips:
 - memory through occlusion: an object that stays out of view longer than the denoiser's window comes
   back in the color it had, with memory and with memory off (progressive, same model and seed).
 
+Two reference rows bound what a model can score: the demo world's own videos of the prompts, and those
+videos encoded and decoded by the model's VAE (a perfect denoiser with this VAE).
+
 What a prompt leaves out is not checked: the demo world draws unnamed colors at random, so only the
 prompt's own color words say what the video owes it.
 
@@ -36,6 +39,7 @@ from ..training.world import PALETTE, SPELLINGS, render, scene_from_prompt
 
 SAMPLERS = ("progressive", "rw", "rn")
 WORLD = "world"  # the row of the demo world's own videos
+VAE = "vae"      # the row of those videos encoded and decoded by the model's VAE
 CLIP_SECONDS = 2.0
 COLOR_DISTANCE = 60.0  # RGB distance within which a pixel shows a palette color; the closest two are 71 apart
 # Of a clip's pixels, as the issue sets it. The smallest object, a 10 px triangle behind a pillar, covers
@@ -299,7 +303,7 @@ def table(report: dict) -> str:
                 cells.append(f"{s['share']:.1%} {verdict}")
             else:
                 cells.append("n/a" if run["memory"] or name == "occlusion" else "-")
-        memory = "-" if run["sampler"] == WORLD else "on" if run["memory"] else "off"
+        memory = "-" if run["sampler"] in (WORLD, VAE) else "on" if run["memory"] else "off"
         lines.append(f"| {run['sampler']} | {memory} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -340,7 +344,7 @@ def run_quality(checkpoint: str | Path, out_dir: Path, seconds: float = 60, prom
     import torch
     from ..memory import load_checkpoint
     from ..samplers import LongVideo, PromptSchedule, SamplerSettings, render_mp4
-    from ..samplers.video import Mp4Writer
+    from ..samplers.video import Mp4Writer, to_uint8_frames
 
     missing = [name for name in ("matplotlib", "scenedetect") if importlib.util.find_spec(name) is None]
     if missing:  # say so before an hour of generation, not after it
@@ -390,20 +394,32 @@ def run_quality(checkpoint: str | Path, out_dir: Path, seconds: float = 60, prom
             progress(f"{key} {i + 1}/{len(prompts)} ({time.monotonic() - started:.1f} s): {prompt}")
         report["runs"][key] = dict(sampler=mode, memory=memory, summary=summarise(videos),
                                    timelines=timelines(videos, round(CLIP_SECONDS * fps)), videos=videos)
-    # The same measures on the demo world's own videos of the prompts: what a perfect model would score.
-    videos = []
+    # The same measures on the demo world's own videos of the prompts (what a perfect model would score),
+    # and on those videos through the model's VAE (what a perfect denoiser would score with this VAE).
     window = replace(base, mode="progressive").clean_in_front() + base.window_chunks
     window *= model.config.frames_per_chunk
+    frames = round(seconds * fps)
+    videos = {WORLD: [], VAE: []}
     for i, (prompt, check) in enumerate(zip(prompts, checks)):
-        path = out_dir / f"{WORLD}-{i:02d}.mp4"
-        with Mp4Writer(path, fps) as writer:
-            scene = scene_from_prompt(prompt, seed + i)
-            for start in range(0, round(seconds * fps), fps):
-                writer.write(render(scene, start, min(fps, round(seconds * fps) - start)))
-        videos.append(dict(prompt=prompt, seed=seed + i, window_frames=window,
-                           **measure_video(path, check, fps, window)))
-    report["runs"][WORLD] = dict(sampler=WORLD, memory=True, summary=summarise(videos),
-                                 timelines=timelines(videos, round(CLIP_SECONDS * fps)), videos=videos)
+        scene = scene_from_prompt(prompt, seed + i)
+        paths = {key: out_dir / f"{key}-{i:02d}.mp4" for key in videos}
+        encoder = decoder = None
+        with Mp4Writer(paths[WORLD], fps) as world, Mp4Writer(paths[VAE], fps) as through_vae, torch.no_grad():
+            # Whole seconds, then the streaming VAE's own frame count: a video of any length goes through.
+            step = fps * model.config.vae.time_factor
+            for start in range(0, frames, step):
+                clip = render(scene, start, step)
+                world.write(clip[:frames - start])
+                pixels = torch.from_numpy(clip).to(device).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
+                latents, encoder = model.vae.encode(pixels, encoder)
+                decoded, decoder = model.vae.decode(latents, decoder)
+                through_vae.write(to_uint8_frames(decoded[0])[:frames - start])
+        for key, path in paths.items():
+            videos[key].append(dict(prompt=prompt, seed=seed + i, window_frames=window,
+                                    **measure_video(path, check, fps, window)))
+    for key, measured in videos.items():
+        report["runs"][key] = dict(sampler=key, memory=True, summary=summarise(measured),
+                                   timelines=timelines(measured, round(CLIP_SECONDS * fps)), videos=measured)
     (out_dir / "quality.json").write_text(json.dumps(report, indent=1))
     (out_dir / "table.md").write_text(table(report) + "\n")
     plot(report, out_dir)

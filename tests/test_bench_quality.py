@@ -120,14 +120,14 @@ def test_fast_run_end_to_end_writes_table_json_plots_and_videos(tmp_path, capsys
 
     printed = capsys.readouterr().out
     rows = [line for line in printed.splitlines() if line.startswith("| ") and "sampler" not in line]
-    assert [row.split(" | ")[:2] for row in rows] == \
-        [["| progressive", "on"], ["| rw", "on"], ["| rn", "on"], ["| progressive", "off"], ["| world", "-"]]
+    assert [row.split(" | ")[:2] for row in rows] == [["| progressive", "on"], ["| rw", "on"], ["| rn", "on"],
+                                                       ["| progressive", "off"], ["| world", "-"], ["| vae", "-"]]
     assert all(("PASS" in cell or "FAIL" in cell) for row in rows[:3] for cell in row.split(" | ")[2:6])
     assert (out / "table.md").read_text().strip() in printed
 
     report = json.loads((out / "quality.json").read_text())
     assert report["prompts"] == list(q.PROMPTS[:q.FAST_PROMPTS]) and report["seconds"] == q.FAST_SECONDS
-    assert set(report["runs"]) == {"progressive", "rw", "rn", "progressive-memory-off", "world"}
+    assert set(report["runs"]) == {"progressive", "rw", "rn", "progressive-memory-off", "world", "vae"}
     # The world's own videos pass what they can be checked on: the measures read them right.
     world = report["runs"]["world"]["summary"]
     assert world["background"]["share"] == world["object_colors"]["share"] == world["single_scene"]["share"] == 1

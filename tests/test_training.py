@@ -126,6 +126,38 @@ def test_a_trained_model_switches_to_another_memory_keeping_its_other_weights(tr
         assert torch.equal(base.state_dict()[name], weights[name]), name
 
 
+def test_decoder_only_fine_tune_keeps_the_latents_and_hands_back_the_whole_model(trained_model, tmp_path, capsys):
+    from longtake.cli import main as cli
+    from longtake.memory import save_checkpoint
+    save_checkpoint(trained_model, tmp_path / "base.safetensors")
+    out = tmp_path / "decoder"
+    assert cli(["train", "vae", "--decoder-only", "--out", str(out), "--vae-steps", "2"]) == 2
+    assert "give --init" in capsys.readouterr().err
+    assert cli(["train", "vae", "--init", str(tmp_path / "base.safetensors"), "--decoder-only", "--out", str(out),
+                "--vae-steps", "2"]) == 0
+    tuned = load_checkpoint(out / "model.safetensors")
+    before, after = trained_model.state_dict(), tuned.state_dict()
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    # Only the decoder learned: the encoder, the latent statistics and the denoiser are what they were,
+    # so the denoiser's latents mean the same to the new decoder.
+    assert changed and all(name.startswith("vae.decoder.") for name in changed)
+    record = tuned.config.record["decoder_fine_tuned"]
+    assert record["settings"]["decoder_only"] and record["heldout_psnr_db"] > 0 and record["heldout_step_ratio"] > 0
+
+
+def test_heldout_step_ratio_is_one_for_a_faithful_decoder_and_high_for_a_stepped_one(trained_vae):
+    from longtake.training import train_vae as stage
+    vae = load_trained_vae(trained_vae[0])[0]
+    world = DemoWorld(seed=0)
+    # A "VAE" that hands the clip back: latents are the pixels themselves, stepped or not on the way out.
+    vae.encode = lambda pixels, cache=None: (pixels, None)
+    vae.decode = lambda latents, cache=None: (latents, None)
+    assert stage.heldout_measures(vae, world, clips=2)["step_ratio"] == pytest.approx(1.0, abs=0.01)
+    step = vae.cfg.time_factor
+    vae.decode = lambda latents, cache=None: (latents[:, :, ::step].repeat_interleave(step, dim=2), None)
+    assert stage.heldout_measures(vae, world, clips=2)["step_ratio"] > 2
+
+
 def test_remade_front_is_the_one_step_estimate_from_the_noised_truth(monkeypatch):
     from longtake.memory import LongTakeModel
     model = LongTakeModel(small_model_config())

@@ -33,6 +33,12 @@ class VAETraining:
     # The decoder also sees latents off by up to this share of each channel's spread, so that the small
     # errors a denoiser makes decode to a clean frame instead of a patch of wrong colour.
     decoder_noise: float = 0.2
+    # Frame-to-frame change next to the frames themselves. Without it the decoder paints the four frames
+    # of a latent nearly alike and jumps at the next: motion in steps, which reads as flicker and as cuts.
+    temporal_weight: float = 1.0
+    # Train the decoder alone: the encoder and the latent statistics stay as they are, so a denoiser
+    # trained on this VAE's latents keeps working with the new decoder.
+    decoder_only: bool = False
     heldout_clips: int = 16
     log_every: int = 25
     save_every: int = 250
@@ -55,14 +61,25 @@ class ReconstructionLoss(torch.nn.Module):
         recon, _ = self.vae.decode(latents)
         mse = (recon - pixels).pow(2).mean()
         l1 = (recon - pixels).abs().mean()
+        temporal = (recon.diff(dim=2) - pixels.diff(dim=2)).abs().mean()
         kl = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).mean()
-        loss = mse + self.settings.l1_weight * l1 + self.settings.kl_weight * kl
-        return loss, {"mse": mse.item(), "l1": l1.item(), "kl": kl.item()}
+        loss = mse + self.settings.l1_weight * l1 + self.settings.temporal_weight * temporal
+        if not self.settings.decoder_only:  # a frozen encoder's posterior is not this loss's to shape
+            loss = loss + self.settings.kl_weight * kl
+        return loss, {"mse": mse.item(), "l1": l1.item(), "temporal": temporal.item(), "kl": kl.item()}
 
 
-def psnr(vae: CausalVideoVAE, source, clips: int, frames: int = 32) -> float:
-    """Reconstruction PSNR in dB over 8-bit frames of held-out clips (deterministic latent means)."""
-    errors = []
+def heldout_measures(vae: CausalVideoVAE, source, clips: int, frames: int = 32) -> dict:
+    """Reconstruction of held-out clips (deterministic latent means), in 8-bit units:
+
+    - `psnr_db`: the usual PSNR;
+    - `step_ratio`: mean frame-to-frame change where one latent's frames meet the next one's, over the
+      change between frames of the same latent, divided by the same ratio of the clips themselves
+      (1 = motion as smooth as the source; above 1 = motion in steps of `time_factor` frames).
+    """
+    errors, change = [], {"decoded": np.zeros(2), "source": np.zeros(2)}
+    step = vae.cfg.time_factor
+    meets = np.arange(1, frames) % step == 0  # frame i against frame i - 1, across a latent boundary
     with torch.no_grad():
         for i in range(clips):
             video, _ = source.clip(10_000_000 + i, frames)
@@ -70,7 +87,12 @@ def psnr(vae: CausalVideoVAE, source, clips: int, frames: int = 32) -> float:
             recon, _ = vae.decode(latents)
             restored = ((recon[0].clamp(-1, 1) + 1) * 127.5).round().permute(1, 2, 3, 0).cpu().numpy()
             errors.append(np.mean((restored - video.astype(np.float64)) ** 2))
-    return float(10 * math.log10(255.0 ** 2 / max(np.mean(errors), 1e-10)))
+            for key, clip in (("decoded", restored), ("source", video.astype(np.float64))):
+                moved = np.abs(np.diff(clip, axis=0)).mean(axis=(1, 2, 3))
+                change[key] += [moved[meets].mean(), moved[~meets].mean()]
+    ratios = {key: a / max(b, 1e-6) for key, (a, b) in change.items()}
+    return {"psnr_db": round(float(10 * math.log10(255.0 ** 2 / max(np.mean(errors), 1e-10))), 2),
+            "step_ratio": round(float(ratios["decoded"] / max(ratios["source"], 1e-6)), 2)}
 
 
 def latent_statistics(vae: CausalVideoVAE, source, clips: int = 64, frames: int = 32):
@@ -92,16 +114,21 @@ def train_vae(source, heldout, config: VAEConfig, out: Path, settings: VAETraini
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(settings.seed)
     vae = CausalVideoVAE(config)
+    if settings.decoder_only and initial is None:
+        raise ValueError("training the decoder alone needs a trained VAE to start from: give --init")
     if initial is not None:
         vae.load_state_dict(initial)
-        # Training works on un-normalised latents; the statistics are measured again at the end.
-        vae.latent_mean.zero_()
-        vae.latent_std.fill_(1.0)
+    kept_statistics = vae.latent_mean.clone(), vae.latent_std.clone()
+    # Training works on un-normalised latents; the statistics are set again at the end.
+    vae.latent_mean.zero_()
+    vae.latent_std.fill_(1.0)
+    vae.encoder.requires_grad_(not settings.decoder_only)
     vae = vae.to(device)
     objective = ReconstructionLoss(vae, settings)
     if world > 1:
         objective = torch.nn.parallel.DistributedDataParallel(objective)
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=settings.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    trained = [p for p in vae.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trained, lr=settings.lr, betas=(0.9, 0.99), weight_decay=0.0)
     state_path = out / "vae_train_state.safetensors"
     progress = {"step": 0, "seconds": 0.0}
     if state_path.exists():
@@ -122,7 +149,7 @@ def train_vae(source, heldout, config: VAEConfig, out: Path, settings: VAETraini
         loss, parts = objective(pixels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trained, 1.0)
         optimizer.step()
 
         if rank == 0 and (step % settings.log_every == 0 or step == settings.steps - 1):
@@ -138,15 +165,20 @@ def train_vae(source, heldout, config: VAEConfig, out: Path, settings: VAETraini
     vae.eval()
     result = {}
     if rank == 0:
-        result["heldout_psnr_db"] = round(psnr(vae, heldout, settings.heldout_clips), 2)
-        mean, std = latent_statistics(vae, source)
+        measured = heldout_measures(vae, heldout, settings.heldout_clips)
+        result.update(heldout_psnr_db=measured["psnr_db"], heldout_step_ratio=measured["step_ratio"])
+        if settings.decoder_only:
+            mean, std = kept_statistics
+        else:
+            mean, std = latent_statistics(vae, source)
         vae.latent_mean.copy_(mean)
         vae.latent_std.copy_(std.clamp_min(1e-3))
         result.update(steps=settings.steps, seconds=round(time.monotonic() - started), hardware=hardware(),
                       settings=asdict(settings))
         save_file({k: v.detach().cpu().contiguous() for k, v in vae.state_dict().items()}, str(out / "vae.safetensors"),
                   metadata={"vae_config": json.dumps(asdict(config)), "record": json.dumps(result)})
-        print(f"VAE done: held-out PSNR {result['heldout_psnr_db']} dB; saved {out / 'vae.safetensors'}", flush=True)
+        print(f"VAE done: held-out PSNR {result['heldout_psnr_db']} dB, "
+              f"step ratio {result['heldout_step_ratio']}; saved {out / 'vae.safetensors'}", flush=True)
     return result
 
 
