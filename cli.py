@@ -146,21 +146,22 @@ def cmd_train(args) -> int:
         if args.vae_steps:
             vae_settings = dataclasses.replace(vae_settings, steps=args.vae_steps)
         from .memory.config import VAEConfig
-        if base is None:
-            if args.decoder_only:
-                raise ValueError("--decoder-only fine-tunes a trained model's decoder: give --init CHECKPOINT")
-            train_vae(source, heldout, VAEConfig(), out, vae_settings)
-        else:
-            train_vae(source, heldout, base.config.vae, out, vae_settings, initial=base.vae.state_dict())
+        if base is None and args.decoder_only:
+            raise ValueError("--decoder-only fine-tunes a trained model's decoder: give --init CHECKPOINT")
+        vae_config = VAEConfig() if base is None else base.config.vae
+        if args.frame_delay is not None:
+            vae_config = dataclasses.replace(vae_config, frame_delay=args.frame_delay)
+        initial = None if base is None else base.vae.state_dict()
+        train_vae(source, heldout, vae_config, out, vae_settings, initial=initial)
     if args.stage == "vae" and args.decoder_only:
         # The latents are unchanged, so the model's denoiser goes on working with the new decoder as it is.
         from .memory import save_checkpoint
-        tuned, _, vae_record = load_trained_vae(out)
+        tuned, vae_config, vae_record = load_trained_vae(out)
         base.vae.load_state_dict(tuned.state_dict())
         record = dict(base.config.record, decoder_fine_tuned=dict(vae_record, from_model=str(args.init),
                                                                   command="longtake " + " ".join(sys.argv[1:])))
         path = out / "model.safetensors"
-        save_checkpoint(base, path, config=base.config.replace(record=record))
+        save_checkpoint(base, path, config=base.config.replace(vae=vae_config, record=record))
         print(f"wrote {path}: {args.init} with the fine-tuned decoder")
         return _ship(path) if args.ship else 0
     if args.stage == "vae":
@@ -282,6 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--depth", type=int, default=6, help="denoiser blocks (default 6)")
     train.add_argument("--heads", type=int, default=4, help="attention heads (default 4)")
     train.add_argument("--vae-steps", type=int)
+    train.add_argument("--frame-delay", type=int,
+                       help="vae: frames the decoder renders late, so each latent's frames lie between it and "
+                            "the one before and motion is smooth (default: the model's own, 0 for a new VAE)")
     train.add_argument("--decoder-only", action="store_true",
                        help="vae with --init: fine-tune the decoder alone; the latents stay the same, so the "
                             "result is the whole model with the new decoder (model.safetensors in --out)")

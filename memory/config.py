@@ -22,6 +22,11 @@ class VAEConfig:
     base_channels: int = 16        # encoder width at full resolution; doubled at each spatial halving
     max_channels: int = 64
     temporal_kernel: int = 3       # causal kernel length of the 3D convolutions at latent resolution
+    # Decoded frame f shows video frame f - frame_delay. A latent stands for its time_factor frames as a
+    # whole; a decoder that must paint exactly those frames from it and the past alone paints them nearly
+    # alike and jumps at the next latent (motion in steps). Rendered a little late, each latent's frames
+    # lie between it and the latent before, so the decoder can draw the motion between them.
+    frame_delay: int = 0
 
 
 @dataclass(frozen=True)

@@ -134,8 +134,9 @@ def test_decoder_only_fine_tune_keeps_the_latents_and_hands_back_the_whole_model
     assert cli(["train", "vae", "--decoder-only", "--out", str(out), "--vae-steps", "2"]) == 2
     assert "give --init" in capsys.readouterr().err
     assert cli(["train", "vae", "--init", str(tmp_path / "base.safetensors"), "--decoder-only", "--out", str(out),
-                "--vae-steps", "2"]) == 0
+                "--vae-steps", "2", "--frame-delay", "2"]) == 0
     tuned = load_checkpoint(out / "model.safetensors")
+    assert tuned.config.vae.frame_delay == 2 and trained_model.config.vae.frame_delay == 0
     before, after = trained_model.state_dict(), tuned.state_dict()
     changed = {name for name in before if not torch.equal(before[name], after[name])}
     # Only the decoder learned: the encoder, the latent statistics and the denoiser are what they were,

@@ -150,8 +150,10 @@ def test_bad_inputs_are_refused_with_a_reason(vae):
         vae.encode(torch.zeros(2, 3, 8, SIZE, SIZE), encode_cache)
 
 
-def test_unsupported_factors_are_refused():
+def test_unsupported_settings_are_refused():
     with pytest.raises(ValueError, match="time_factor must be a power of two"):
         CausalVideoVAE(VAEConfig(time_factor=3))
     with pytest.raises(ValueError, match="space_factor must be a power of two >= 2"):
         CausalVideoVAE(VAEConfig(space_factor=1))
+    with pytest.raises(ValueError, match="frame_delay .* cannot be negative"):
+        CausalVideoVAE(VAEConfig(frame_delay=-1))

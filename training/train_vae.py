@@ -33,9 +33,6 @@ class VAETraining:
     # The decoder also sees latents off by up to this share of each channel's spread, so that the small
     # errors a denoiser makes decode to a clean frame instead of a patch of wrong colour.
     decoder_noise: float = 0.2
-    # Frame-to-frame change next to the frames themselves. Without it the decoder paints the four frames
-    # of a latent nearly alike and jumps at the next: motion in steps, which reads as flicker and as cuts.
-    temporal_weight: float = 1.0
     # Train the decoder alone: the encoder and the latent statistics stay as they are, so a denoiser
     # trained on this VAE's latents keeps working with the new decoder.
     decoder_only: bool = False
@@ -52,25 +49,28 @@ class ReconstructionLoss(torch.nn.Module):
         super().__init__()
         self.vae, self.settings = vae, settings
 
-    def forward(self, pixels: torch.Tensor):
+    def forward(self, clips: torch.Tensor):
+        """`clips`: `frame_delay` frames more than the encoder sees; the decoder owes the earliest ones."""
+        delay = self.vae.cfg.frame_delay
+        pixels, wanted = clips[:, :, delay:], clips[:, :, :clips.shape[2] - delay]
         mean, logvar = self.vae.moments(pixels)
         latents = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)
         spread = mean.detach().std(dim=(0, 2, 3, 4), keepdim=True)
         level = self.settings.decoder_noise * torch.rand(mean.shape[0], 1, 1, 1, 1, device=mean.device)
         latents = latents + level * spread * torch.randn_like(mean)
         recon, _ = self.vae.decode(latents)
-        mse = (recon - pixels).pow(2).mean()
-        l1 = (recon - pixels).abs().mean()
-        temporal = (recon.diff(dim=2) - pixels.diff(dim=2)).abs().mean()
+        mse = (recon - wanted).pow(2).mean()
+        l1 = (recon - wanted).abs().mean()
         kl = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).mean()
-        loss = mse + self.settings.l1_weight * l1 + self.settings.temporal_weight * temporal
+        loss = mse + self.settings.l1_weight * l1
         if not self.settings.decoder_only:  # a frozen encoder's posterior is not this loss's to shape
             loss = loss + self.settings.kl_weight * kl
-        return loss, {"mse": mse.item(), "l1": l1.item(), "temporal": temporal.item(), "kl": kl.item()}
+        return loss, {"mse": mse.item(), "l1": l1.item(), "kl": kl.item()}
 
 
 def heldout_measures(vae: CausalVideoVAE, source, clips: int, frames: int = 32) -> dict:
-    """Reconstruction of held-out clips (deterministic latent means), in 8-bit units:
+    """Reconstruction of held-out clips (deterministic latent means) against the frames it shows
+    (`frame_delay` earlier), in 8-bit units:
 
     - `psnr_db`: the usual PSNR;
     - `step_ratio`: mean frame-to-frame change where one latent's frames meet the next one's, over the
@@ -78,12 +78,13 @@ def heldout_measures(vae: CausalVideoVAE, source, clips: int, frames: int = 32) 
       (1 = motion as smooth as the source; above 1 = motion in steps of `time_factor` frames).
     """
     errors, change = [], {"decoded": np.zeros(2), "source": np.zeros(2)}
-    step = vae.cfg.time_factor
+    step, delay = vae.cfg.time_factor, vae.cfg.frame_delay
     meets = np.arange(1, frames) % step == 0  # frame i against frame i - 1, across a latent boundary
     with torch.no_grad():
         for i in range(clips):
-            video, _ = source.clip(10_000_000 + i, frames)
-            latents, _ = vae.encode(to_pixels(video).to(vae.latent_mean.device))
+            longer, _ = source.clip(10_000_000 + i, frames + delay)
+            video = longer[:frames]  # what the decoder owes for the frames the encoder sees
+            latents, _ = vae.encode(to_pixels(longer[delay:]).to(vae.latent_mean.device))
             recon, _ = vae.decode(latents)
             restored = ((recon[0].clamp(-1, 1) + 1) * 127.5).round().permute(1, 2, 3, 0).cpu().numpy()
             errors.append(np.mean((restored - video.astype(np.float64)) ** 2))
@@ -144,9 +145,9 @@ def train_vae(source, heldout, config: VAEConfig, out: Path, settings: VAETraini
             group["lr"] = lr
         seeds = [(step * world + rank) * settings.batch + b for b in range(settings.batch)]
         torch.manual_seed(settings.seed * 1_000_003 + step * world + rank)  # resumed runs repeat each step
-        pixels = to_pixels(np.stack([source.clip(s, settings.frames)[0] for s in seeds])).to(device)
+        clips = np.stack([source.clip(s, settings.frames + config.frame_delay)[0] for s in seeds])
 
-        loss, parts = objective(pixels)
+        loss, parts = objective(to_pixels(clips).to(device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trained, 1.0)
