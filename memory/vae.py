@@ -12,12 +12,13 @@ by pixel shuffle. Its last convolution runs at half resolution and makes each 2x
 pixels: on CPU, any layer at full resolution would cost more than the rest of the decoder.
 
 Everything is causal: latent frame `i` depends only on video frames up to `time_factor * (i + 1) - 1`,
-and decoded frame `f` only on latent frames up to `f // time_factor`. A causal convolution of temporal
-kernel `k` looks `k - 1` frames into the past; at the start of a video that past is zeros, and later it
-is the tail of the previous call's input, kept in a cache. `encode` and `decode` take and return that
-cache as a plain `dict[str, Tensor]` (one entry per causal convolution, named after it) so that a
-video can be processed chunk by chunk with the same result as all at once. The cache holds a fixed
-number of frames per convolution, so its size does not depend on how long the video is.
+and decoded frame `f` only on latent frames up to `f // time_factor` (it shows video frame
+`f - frame_delay`, see VAEConfig). A causal convolution of temporal kernel `k` looks `k - 1` frames into
+the past; at the start of a video that past is zeros in the encoder and the first frame repeated in the
+decoder, and later it is the tail of the previous call's input, kept in a cache. `encode` and `decode`
+take and return that cache as a plain `dict[str, Tensor]` (one entry per causal convolution, named after
+it) so that a video can be processed chunk by chunk with the same result as all at once. The cache holds
+a fixed number of frames per convolution, so its size does not depend on how long the video is.
 """
 from __future__ import annotations
 
@@ -40,16 +41,25 @@ def _halvings(name: str, factor: int, at_least: int) -> int:
 
 
 class CausalCache:
-    """Past input frames of every causal convolution: read from the previous call, kept for the next."""
+    """Past input frames of every causal convolution: read from the previous call, kept for the next.
 
-    def __init__(self, previous: Cache | None):
-        self.previous = previous
+    At the start of a video there is no past. The encoder takes zeros, as its latents always have. The
+    decoder takes its first latent's frames repeated: a video then starts as if its first moment had
+    lasted (a still opening decodes still), where zeros made the first few latents decode unlike the rest
+    and the opening second flicker.
+    """
+
+    def __init__(self, previous: Cache | None, repeat_start: bool = False):
+        self.previous, self.repeat_start = previous, repeat_start
         self.next: Cache = {}
 
-    def past(self, key: str, x: torch.Tensor, frames: int) -> torch.Tensor:
+    def past(self, key: str, x: torch.Tensor, frames: int, period: int = 1) -> torch.Tensor:
+        """`period`: frames per latent at the convolution's frame rate; a still start repeats that many."""
         expected = (x.shape[0], x.shape[1], frames, *x.shape[3:])
         if self.previous is None:
-            return x.new_zeros(expected)
+            if not self.repeat_start:
+                return x.new_zeros(expected)
+            return x[:, :, :period].repeat(1, 1, -(-frames // period), 1, 1)[:, :, -frames:]
         if key not in self.previous:
             raise ValueError(f"VAE cache has no entry {key!r}: pass the cache returned by the same method "
                              "(encode or decode) of the same model, or None at the start of a video")
@@ -76,11 +86,12 @@ class CausalConv3d(nn.Module):
         self.kernel_t = kernel_t
         self.conv = nn.Conv2d(kernel_t * in_channels, out_channels, 3, padding=1)
         self.cache_key = ""  # set by CausalVideoVAE to this module's name, which is unique
+        self.period = 1      # frames per latent at this convolution's frame rate (set by the decoder)
 
     def forward(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
         context = self.kernel_t - 1
         if context:
-            x = torch.cat([cache.past(self.cache_key, x, context), x], dim=2)
+            x = torch.cat([cache.past(self.cache_key, x, context, self.period), x], dim=2)
             cache.keep(self.cache_key, x[:, :, -context:])
         windows = rearrange(x.unfold(2, self.kernel_t, 1), "b c t h w k -> (b t) (k c) h w")
         return rearrange(self.conv(windows), "(b t) c h w -> b c t h w", b=x.shape[0])
@@ -198,6 +209,9 @@ class Decoder(nn.Module):
         self.stem = CausalConv3d(cfg.latent_channels, width, kernel_t)
         self.blocks = nn.ModuleList(CausalResBlock(width, kernel_t) for _ in range(time_halvings))
         self.unfolds = nn.ModuleList(TimeUnfold(width, kernel_t) for _ in range(time_halvings))
+        for level, (block, unfold) in enumerate(zip(self.blocks, self.unfolds)):
+            for conv in (block.conv1, block.conv2, unfold.conv):
+                conv.period = 2 ** level
         # Nothing runs at full resolution (see the module docstring): `out` makes 2x2 pixel blocks.
         self.spatial = nn.Sequential(*(
             layer for level in reversed(range(1, space_halvings)) for layer in (
@@ -287,7 +301,7 @@ class CausalVideoVAE(nn.Module):
         if latents.ndim != 5 or latents.shape[1] != channels or latents.shape[2] == 0:
             raise ValueError(f"VAE latents must be [B, {channels}, T, h, w] with T >= 1, "
                              f"got {tuple(latents.shape)}")
-        state = CausalCache(cache)
+        state = CausalCache(cache, repeat_start=True)
         latents = latents.to(self.latent_mean.dtype) * self._per_channel(self.latent_std) \
             + self._per_channel(self.latent_mean)
         return self.decoder(latents, state).float(), state.next

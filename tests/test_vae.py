@@ -125,6 +125,16 @@ def test_latents_depend_only_on_past_frames(vae):
     assert (diff[frame // 4:] > 1e-3).all()
 
 
+def test_a_still_latent_video_decodes_still_from_its_first_latent(vae):
+    """The decoder's past at the start is its first latent's frames repeated, so a video that opens on a
+    still scene opens still: no flicker while the causal convolutions fill up (with a zero past the first
+    eleven latents of this one differed)."""
+    still = latents(1, batch=1)[:, :, :1].expand(-1, -1, 6, -1, -1)
+    frames, _ = vae.decode(still)
+    steady = frames[:, :, -vae.cfg.time_factor:]  # one latent's frames, all past inputs the same
+    assert torch.allclose(frames, steady.repeat(1, 1, 6, 1, 1), atol=1e-5)
+
+
 def test_encode_is_normalised_mean(vae):
     torch.manual_seed(5)
     x = pixels(1)
