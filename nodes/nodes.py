@@ -269,12 +269,13 @@ class LongTakeSegmentLoop:
         if video.cancelled:
             comfy.clear_interrupt()
         context = None if video.context is None else video.context.float().cpu()
-        made = len(chunks) * net.config.frames_per_chunk
-        frames = min(made, round(seconds * fps))
+        made = len(chunks) * net.config.frames_per_chunk - video.seam_frames
+        frames = max(0, min(made, round(seconds * fps)))
         samples = torch.cat(chunks, dim=2) if chunks else torch.zeros(1, net.config.denoiser.latent_channels, 0,
                                                                       net.config.denoiser.latent_size,
                                                                       net.config.denoiser.latent_size)
-        latent = {"samples": samples, "longtake": {"frames": frames, "fps": fps, "context": context}}
+        latent = {"samples": samples, "longtake": {"frames": frames, "fps": fps, "context": context,
+                                                   "skip": video.seam_frames}}
         return (latent, MemoryInput(video.state(), ""))
 
 
@@ -319,12 +320,12 @@ class LongTakeDecodeChunks:
 
             def pieces():
                 nonlocal cache
-                left = frames
+                left, skip = frames, info.get("skip", 0)  # frames that show the start video again
                 for first in range(0, samples.shape[2], per_chunk):
                     if left <= 0:
                         return
                     pixels, cache = net.vae.decode(samples[:, :, first:first + per_chunk].to(device, dtype), cache)
-                    pixels = pixels[0, :, :left].float().clamp(-1, 1).cpu()
+                    pixels, skip = pixels[0, :, skip:skip + left].float().clamp(-1, 1).cpu(), 0
                     left -= pixels.shape[1]
                     yield pixels.permute(1, 2, 3, 0).add(1).div(2)  # [n, H, W, 3] in [0, 1]
 

@@ -292,8 +292,11 @@ class LongVideo:
         self.boundary = boundary
         self.context = boundary.recent  # latents just before this run's first chunk, for the decoder
         self.start = None if start is None else self._check_start(start)
+        # A decoder with a frame delay shows the start video's last frames again before the new ones.
+        self.seam_frames = 0 if start is None else model.config.vae.frame_delay
         pending = 0 if boundary.pending is None else boundary.pending.shape[1]
-        self.new_chunks = max(0, math.ceil((self.total_frames - pending) / self.frames_per_chunk))
+        wanted = self.total_frames - pending + self.seam_frames
+        self.new_chunks = max(0, math.ceil(wanted / self.frames_per_chunk))
         self.total_steps = self._count_steps()
         self.steps_done = 0
 
@@ -324,9 +327,10 @@ class LongVideo:
             self.cancelled = True
 
     def latents(self) -> Iterator[torch.Tensor]:
-        """Each finished chunk's latents `[1, C, chunk_frames, h, w]`, `ceil(frames / frames_per_chunk)`
-        of them; frames a resumed state had decoded but not handed out are not repeated."""
-        chunks = math.ceil(self.total_frames / self.frames_per_chunk)
+        """Each finished chunk's latents `[1, C, chunk_frames, h, w]`, enough for the video's frames after
+        the `seam_frames` a decoder drops first; frames a resumed state had decoded but not handed out are
+        not repeated."""
+        chunks = math.ceil((self.total_frames + self.seam_frames) / self.frames_per_chunk)
         try:
             if chunks == 0:
                 return
@@ -360,9 +364,10 @@ class LongVideo:
             elif decoder is None and boundary.recent is not None:
                 _, decoder = model.vae.decode(boundary.recent)  # a state from `latents()`: restart the decoder
             sampler = self._sampler(window, self.new_chunks)
+            skip = self.seam_frames
             for finished, chunk in enumerate(sampler, 1):
                 pixels, decoder = model.vae.decode(chunk.latents, decoder)
-                pixels = pixels[0].clamp(-1, 1)
+                pixels, skip = pixels[0, :, skip:].clamp(-1, 1), 0
                 out, rest = pixels[:, :remaining], pixels[:, remaining:]
                 remaining -= out.shape[1]
                 self._mark(window=window, decoder=decoder, pending=rest if rest.shape[1] else None,

@@ -141,6 +141,22 @@ def test_start_frames_become_the_front_chunk_and_earlier_ones_go_to_memory(model
     assert video.boundary.window.clean[0].index == 2  # 24 frames = 3 chunks, the last is the front
 
 
+def test_a_delayed_decoder_does_not_show_the_start_frames_again(model):
+    """A decoder with frame_delay d would open a continuation with the start video's last d frames; they
+    are dropped, so the continuation is the undelayed one moved on by d frames, and as long as asked."""
+    import dataclasses
+    config = model.config.replace(vae=dataclasses.replace(model.config.vae, frame_delay=2))
+    delayed = LongTakeModel(config).eval()
+    delayed.load_state_dict(model.state_dict())
+    start = torch.rand(3, 16, 64, 64) * 2 - 1
+    plain = all_frames(LongVideo(model, "a red ball", seconds=1.5, fps=24, settings=SamplerSettings(**FAST),
+                                 start=start))
+    moved = all_frames(LongVideo(delayed, "a red ball", seconds=1, fps=24, settings=SamplerSettings(**FAST),
+                                 start=start))
+    assert moved.shape[1] == 24
+    assert torch.equal(moved, plain[:, 2:26])
+
+
 def test_guidance_is_one_batched_forward(model):
     batches = []
     hook = model.denoiser.register_forward_hook(lambda m, args, out: batches.append(args[0].shape[0]))
