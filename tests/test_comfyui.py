@@ -22,7 +22,11 @@ import pytest
 from longtake.samplers.video import probe
 
 ROOT = Path(__file__).resolve().parents[1]
-COMFYUI = os.environ.get("LONGTAKE_COMFYUI_DIR")
+# Absolute, as ComfyUI runs in its own folder: the relative paths DEVELOPERS.md uses would point elsewhere.
+COMFYUI = os.environ.get("LONGTAKE_COMFYUI_DIR") and str(Path(os.environ["LONGTAKE_COMFYUI_DIR"]).resolve())
+COMFYUI_PYTHON = os.environ.get("LONGTAKE_COMFYUI_PYTHON", sys.executable)
+if os.sep in COMFYUI_PYTHON:  # a path, not a command looked up on PATH; kept unresolved so a venv stays one
+    COMFYUI_PYTHON = str(Path(COMFYUI_PYTHON).absolute())
 pytestmark = pytest.mark.skipif(not COMFYUI, reason="set LONGTAKE_COMFYUI_DIR to a ComfyUI checkout to run these")
 NODE_IDS = {"LongTakeLoadModel", "LongTakeMemoryState", "LongTakeProgressiveSampler", "LongTakeSegmentLoop",
             "LongTakeDecodeChunks"}
@@ -53,7 +57,7 @@ def server(tmp_path_factory):
     log_path = base / "comfyui.log"
     with open(log_path, "w") as log:
         process = subprocess.Popen(
-            [os.environ.get("LONGTAKE_COMFYUI_PYTHON", sys.executable), "main.py", "--cpu", "--listen", "127.0.0.1",
+            [COMFYUI_PYTHON, "main.py", "--cpu", "--listen", "127.0.0.1",
              "--port", str(port), "--output-directory", str(base / "output"), "--input-directory", str(base / "input"),
              "--disable-auto-launch"], cwd=COMFYUI, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
