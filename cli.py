@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import sys
 import time
@@ -138,6 +139,9 @@ def cmd_train(args) -> int:
     if args.decoder_only and args.stage != "vae":
         raise ValueError(f"--decoder-only is for the vae stage (longtake train vae --init ... --decoder-only), "
                          f"not {args.stage}")
+    if args.frame_delay is not None and args.stage not in ("vae", "demo"):
+        raise ValueError(f"--frame-delay sets how the VAE is trained: give it to the vae or demo stage, not "
+                         f"{args.stage}")
     source = VideoFolder(args.videos, resolution=64) if args.videos else DemoWorld(seed=args.data_seed)
     base = load_checkpoint(args.init) if args.init else None
     if args.stage in ("vae", "demo"):
@@ -154,6 +158,8 @@ def cmd_train(args) -> int:
         initial = None if base is None else base.vae.state_dict()
         train_vae(source, heldout, vae_config, out, vae_settings, initial=initial)
     if args.stage == "vae" and args.decoder_only:
+        if int(os.environ.get("RANK", "0")) != 0:  # under torchrun the first process writes the model
+            return 0
         # The latents are unchanged, so the model's denoiser goes on working with the new decoder as it is.
         from .memory import save_checkpoint
         tuned, vae_config, vae_record = load_trained_vae(out)

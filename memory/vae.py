@@ -243,8 +243,9 @@ class CausalVideoVAE(nn.Module):
         time_halvings = _halvings("time_factor", cfg.time_factor, at_least=1)
         if cfg.temporal_kernel < 1:
             raise ValueError(f"VAE temporal_kernel must be at least 1, got {cfg.temporal_kernel}")
-        if cfg.frame_delay < 0:
-            raise ValueError(f"VAE frame_delay counts frames of delay and cannot be negative, got {cfg.frame_delay}")
+        if not 0 <= cfg.frame_delay <= cfg.time_factor:
+            raise ValueError(f"VAE frame_delay must be between 0 and time_factor {cfg.time_factor} frames (a "
+                             f"latent's frames lie between it and the one before), got {cfg.frame_delay}")
         self.cfg = cfg
         self.encoder = Encoder(cfg, space_halvings, time_halvings)
         self.decoder = Decoder(cfg, space_halvings, time_halvings)

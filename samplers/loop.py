@@ -91,6 +91,8 @@ def seeded_noise(seed: int, index: int, purpose: int, shape, step: int = 0) -> t
 def config_fingerprint(model: LongTakeModel) -> str:
     config = json.loads(model.config.to_json())
     config.pop("record", None)
+    if config["vae"].get("frame_delay") == 0:  # added later: left at its default, states saved before it load
+        del config["vae"]["frame_delay"]
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -220,6 +222,7 @@ class Boundary:
     chunks_done: int                 # chunks finished since the very start (all runs)
     frames_done: int                 # frames handed out since the very start (all runs)
     recent: torch.Tensor | None = None  # latents of the last RECENT_CHUNKS finished chunks, oldest first
+    skip: int = 0                    # decoded frames still to drop: they show the start video again
 
 
 @dataclass
@@ -293,7 +296,7 @@ class LongVideo:
         self.context = boundary.recent  # latents just before this run's first chunk, for the decoder
         self.start = None if start is None else self._check_start(start)
         # A decoder with a frame delay shows the start video's last frames again before the new ones.
-        self.seam_frames = 0 if start is None else model.config.vae.frame_delay
+        self.seam_frames = boundary.skip if start is None else model.config.vae.frame_delay
         pending = 0 if boundary.pending is None else boundary.pending.shape[1]
         wanted = self.total_frames - pending + self.seam_frames
         self.new_chunks = max(0, math.ceil(wanted / self.frames_per_chunk))
@@ -364,10 +367,9 @@ class LongVideo:
             elif decoder is None and boundary.recent is not None:
                 _, decoder = model.vae.decode(boundary.recent)  # a state from `latents()`: restart the decoder
             sampler = self._sampler(window, self.new_chunks)
-            skip = self.seam_frames
             for finished, chunk in enumerate(sampler, 1):
                 pixels, decoder = model.vae.decode(chunk.latents, decoder)
-                pixels, skip = pixels[0, :, skip:].clamp(-1, 1), 0
+                pixels = pixels[0, :, self.boundary.skip:].clamp(-1, 1)
                 out, rest = pixels[:, :remaining], pixels[:, remaining:]
                 remaining -= out.shape[1]
                 self._mark(window=window, decoder=decoder, pending=rest if rest.shape[1] else None,
@@ -395,7 +397,7 @@ class LongVideo:
             self.conditioner.leave(chunk)
         window.clean = chunks[split:]
         self.context = torch.cat([c.latents for c in chunks[-RECENT_CHUNKS:]], dim=2)
-        self._mark(window=window, decoder=decoder, recent=self.context)
+        self._mark(window=window, decoder=decoder, recent=self.context, skip=self.seam_frames)
         return decoder
 
     def _sampler(self, window: Window, new_chunks: int):
@@ -421,7 +423,9 @@ class LongVideo:
             frames = self.boundary.frames_done - self.start_frames_done
             self.progress(Progress(self.steps_done, self.total_steps, frames, self.total_frames))
 
-    def _mark(self, window=None, decoder=None, pending=None, chunks=0, frames=0, latents=None, recent=None) -> None:
+    def _mark(self, window=None, decoder=None, pending=None, chunks=0, frames=0, latents=None, recent=None,
+              skip=0) -> None:
+        """A new boundary; `skip`: decoded frames the next chunk drops (the seam after start frames)."""
         b = self.boundary
         if latents is not None:
             recent = latents if b.recent is None else torch.cat([b.recent, latents], dim=2)
@@ -430,7 +434,7 @@ class LongVideo:
         self.boundary = Boundary(copy_window(window) if window is not None else b.window, self.conditioner.memory,
                                  decoder if decoder is not None or chunks else b.decoder, pending,
                                  b.chunks_done + chunks, b.frames_done + frames,
-                                 recent if recent is not None else b.recent)
+                                 recent if recent is not None else b.recent, skip)
 
     # ----- state -----
     def state(self) -> GenerationState:
@@ -459,7 +463,7 @@ def save_state(path, state: GenerationState) -> None:
         if getattr(boundary, name) is not None:
             tensors[name] = getattr(boundary, name)
     meta = dict(layout=layout, next_index=boundary.window.next_index, chunks_done=boundary.chunks_done,
-                frames_done=boundary.frames_done, settings=asdict(settings), model=state.model)
+                frames_done=boundary.frames_done, skip=boundary.skip, settings=asdict(settings), model=state.model)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path),
@@ -489,7 +493,7 @@ def load_state(path, model: LongTakeModel) -> GenerationState:
     memory = {k[len("memory."):]: v for k, v in tensors.items() if k.startswith("memory.")}
     decoder = {k[len("decoder."):]: v for k, v in tensors.items() if k.startswith("decoder.")} or None
     boundary = Boundary(window, memory, decoder, tensors.get("pending"), meta["chunks_done"], meta["frames_done"],
-                        tensors.get("recent"))
+                        tensors.get("recent"), meta.get("skip", 0))
     return GenerationState(SamplerSettings(**meta["settings"]), boundary, meta["model"])
 
 

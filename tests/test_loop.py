@@ -141,9 +141,10 @@ def test_start_frames_become_the_front_chunk_and_earlier_ones_go_to_memory(model
     assert video.boundary.window.clean[0].index == 2  # 24 frames = 3 chunks, the last is the front
 
 
-def test_a_delayed_decoder_does_not_show_the_start_frames_again(model):
+def test_a_delayed_decoder_does_not_show_the_start_frames_again(model, tmp_path):
     """A decoder with frame_delay d would open a continuation with the start video's last d frames; they
-    are dropped, so the continuation is the undelayed one moved on by d frames, and as long as asked."""
+    are dropped, so the continuation is the undelayed one moved on by d frames, and as long as asked, also
+    when it was stopped before its first chunk and resumed from the saved state."""
     import dataclasses
     config = model.config.replace(vae=dataclasses.replace(model.config.vae, frame_delay=2))
     delayed = LongTakeModel(config).eval()
@@ -155,6 +156,12 @@ def test_a_delayed_decoder_does_not_show_the_start_frames_again(model):
                                  start=start))
     assert moved.shape[1] == 24
     assert torch.equal(moved, plain[:, 2:26])
+    stopped = LongVideo(delayed, "a red ball", seconds=1, fps=24, settings=SamplerSettings(**FAST), start=start,
+                        cancel=lambda: True)
+    assert list(stopped.frames()) == [] and stopped.cancelled
+    stopped.save_state(tmp_path / "state.safetensors")
+    resumed = all_frames(LongVideo(delayed, "a red ball", seconds=1, fps=24, resume=tmp_path / "state.safetensors"))
+    assert torch.equal(resumed, moved)
 
 
 def test_guidance_is_one_batched_forward(model):

@@ -165,5 +165,6 @@ def test_unsupported_settings_are_refused():
         CausalVideoVAE(VAEConfig(time_factor=3))
     with pytest.raises(ValueError, match="space_factor must be a power of two >= 2"):
         CausalVideoVAE(VAEConfig(space_factor=1))
-    with pytest.raises(ValueError, match="frame_delay .* cannot be negative"):
-        CausalVideoVAE(VAEConfig(frame_delay=-1))
+    for delay in (-1, 5):
+        with pytest.raises(ValueError, match="frame_delay must be between 0 and time_factor 4"):
+            CausalVideoVAE(VAEConfig(frame_delay=delay))
