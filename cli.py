@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import argparse
-import os
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -150,8 +150,6 @@ def cmd_train(args) -> int:
         if args.vae_steps:
             vae_settings = dataclasses.replace(vae_settings, steps=args.vae_steps)
         from .memory.config import VAEConfig
-        if base is None and args.decoder_only:
-            raise ValueError("--decoder-only fine-tunes a trained model's decoder: give --init CHECKPOINT")
         vae_config = VAEConfig() if base is None else base.config.vae
         if args.frame_delay is not None:
             vae_config = dataclasses.replace(vae_config, frame_delay=args.frame_delay)

@@ -345,6 +345,7 @@ def run_quality(checkpoint: str | Path, out_dir: Path, seconds: float = 60, prom
     from ..memory import load_checkpoint
     from ..samplers import LongVideo, PromptSchedule, SamplerSettings, render_mp4
     from ..samplers.video import Mp4Writer, to_uint8_frames
+    from ..training.data import to_pixels
 
     missing = [name for name in ("matplotlib", "scenedetect") if importlib.util.find_spec(name) is None]
     if missing:  # say so before an hour of generation, not after it
@@ -399,19 +400,17 @@ def run_quality(checkpoint: str | Path, out_dir: Path, seconds: float = 60, prom
     window = replace(base, mode="progressive").clean_in_front() + base.window_chunks
     window *= model.config.frames_per_chunk
     frames = round(seconds * fps)
+    step = fps * model.config.vae.time_factor  # whole seconds and whole latents, so any length goes through
     videos = {WORLD: [], VAE: []}
     for i, (prompt, check) in enumerate(zip(prompts, checks)):
         scene = scene_from_prompt(prompt, seed + i)
         paths = {key: out_dir / f"{key}-{i:02d}.mp4" for key in videos}
         encoder = decoder = None
         with Mp4Writer(paths[WORLD], fps) as world, Mp4Writer(paths[VAE], fps) as through_vae, torch.no_grad():
-            # Whole seconds, then the streaming VAE's own frame count: a video of any length goes through.
-            step = fps * model.config.vae.time_factor
             for start in range(0, frames, step):
                 clip = render(scene, start, step)
                 world.write(clip[:frames - start])
-                pixels = torch.from_numpy(clip).to(device).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
-                latents, encoder = model.vae.encode(pixels, encoder)
+                latents, encoder = model.vae.encode(to_pixels(clip).to(device), encoder)
                 decoded, decoder = model.vae.decode(latents, decoder)
                 through_vae.write(to_uint8_frames(decoded[0])[:frames - start])
         for key, path in paths.items():

@@ -111,12 +111,12 @@ def latent_statistics(vae: CausalVideoVAE, source, clips: int = 64, frames: int 
 def train_vae(source, heldout, config: VAEConfig, out: Path, settings: VAETraining,
               initial: dict | None = None) -> dict:
     """`initial`: a trained VAE's weights to fine-tune from, instead of a fresh VAE."""
+    if settings.decoder_only and initial is None:
+        raise ValueError("training the decoder alone needs a trained VAE to start from: give --init CHECKPOINT")
     rank, world, device = setup_distributed()
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(settings.seed)
     vae = CausalVideoVAE(config)
-    if settings.decoder_only and initial is None:
-        raise ValueError("training the decoder alone needs a trained VAE to start from: give --init")
     if initial is not None:
         vae.load_state_dict(initial)
     kept_statistics = vae.latent_mean.clone(), vae.latent_std.clone()
