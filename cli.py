@@ -191,8 +191,8 @@ def cmd_train(args) -> int:
         vae_state, record = vae.state_dict(), {"vae": vae_record}
     settings = DenoiserTraining(seed=args.data_seed)
     changes = {k: v for k, v in (("steps", args.denoiser_steps), ("batch", args.batch), ("lr", args.lr),
-                                 ("videos", args.cache_videos))
-               if v}
+                                 ("videos", args.cache_videos), ("object_weight", args.object_weight))
+               if v is not None}
     settings = dataclasses.replace(settings, **changes)
     record["command"] = "longtake " + " ".join(sys.argv[1:])
     path = train_denoiser(config, vae_state, source, out, settings, record, initial=initial)
@@ -297,6 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch", type=int, help="windows per step per process (default 16)")
     train.add_argument("--lr", type=float, help="peak denoiser learning rate (default 4e-4; lower it to fine-tune)")
     train.add_argument("--cache-videos", type=int, help="videos encoded into the latent cache (default 600)")
+    train.add_argument("--object-weight", type=float,
+                       help="denoiser: extra loss weight on latent pixels far from the background, i.e. objects "
+                            "and pillars (default 0: every pixel alike)")
     train.add_argument("--data-seed", type=int, default=0)
     train.add_argument("--ship", action="store_true", help="also write the result as the bundled demo model (float16)")
     train.set_defaults(run=cmd_train)

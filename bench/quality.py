@@ -334,7 +334,7 @@ def plot(report: dict, out_dir: Path) -> None:
 
 # ----- the run -----
 def run_quality(checkpoint: str | Path, out_dir: Path, seconds: float = 60, prompts: list[str] | None = None,
-                samplers=SAMPLERS, steps: int | None = None, seed: int = 0,
+                samplers=SAMPLERS, steps: int | None = None, seed: int = 0, guidance: float | None = None,
                 progress: Callable[[str], None] = print, device: str = "cpu") -> dict:
     """Generate every prompt with every sampler (and progressive with memory off on occlusion prompts),
     measure, and write the mp4s, quality.json, table.md and one PNG per measure into `out_dir`.
@@ -361,7 +361,8 @@ def run_quality(checkpoint: str | Path, out_dir: Path, seconds: float = 60, prom
         raise ValueError(f"give at least one sampler of {', '.join(SAMPLERS)}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    base = SamplerSettings(**({"steps": steps} if steps else {}))
+    overrides = {"steps": steps, "guidance": guidance}
+    base = SamplerSettings(**{k: v for k, v in overrides.items() if v is not None})
     for mode in samplers:  # an unknown mode, or steps the progressive window cannot divide: before any video
         replace(base, mode=mode).check()
     model = load_checkpoint(checkpoint, device=device)
@@ -434,6 +435,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="samplers to compare (default: all three)")
     parser.add_argument("--steps", type=int, help="sampling steps (default: the sampler's default)")
     parser.add_argument("--seed", type=int, default=0, help="prompt i uses seed + i (default 0)")
+    parser.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the sampler's default)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: all cores)")
     parser.add_argument("--fast", action="store_true", help=f"a smoke run: the first {FAST_PROMPTS} prompts, "
@@ -450,7 +452,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         prompts, seconds = prompts[:FAST_PROMPTS], FAST_SECONDS
     out = Path(args.out)
     report = run_quality(args.checkpoint, out, seconds, prompts, tuple(args.samplers), args.steps, args.seed,
-                         device=args.device)
+                         args.guidance, device=args.device)
     print(table(report))
     print(f"\nraw numbers in {out / 'quality.json'}; plots and mp4s in {out}")
     return 0

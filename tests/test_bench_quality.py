@@ -116,7 +116,7 @@ def test_fast_run_end_to_end_writes_table_json_plots_and_videos(tmp_path, capsys
     config = config.replace(text=dataclasses.replace(config.text, vocab=VOCAB))  # knows the prompts' words
     save_checkpoint(randomise(LongTakeModel(config), scale=0.15).eval(), tmp_path / "tiny.safetensors")
     out = tmp_path / "out"
-    assert q.main([str(tmp_path / "tiny.safetensors"), "--out", str(out), "--fast"]) == 0
+    assert q.main([str(tmp_path / "tiny.safetensors"), "--out", str(out), "--fast", "--guidance", "5"]) == 0
 
     printed = capsys.readouterr().out
     rows = [line for line in printed.splitlines() if line.startswith("| ") and "sampler" not in line]
@@ -127,6 +127,7 @@ def test_fast_run_end_to_end_writes_table_json_plots_and_videos(tmp_path, capsys
 
     report = json.loads((out / "quality.json").read_text())
     assert report["prompts"] == list(q.PROMPTS[:q.FAST_PROMPTS]) and report["seconds"] == q.FAST_SECONDS
+    assert report["settings"]["guidance"] == 5
     assert set(report["runs"]) == {"progressive", "rw", "rn", "progressive-memory-off", "world", "vae"}
     # The world's own videos pass what they can be checked on: the measures read them right.
     world = report["runs"]["world"]["summary"]

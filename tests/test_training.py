@@ -7,14 +7,14 @@ import torch
 from helpers import small_model_config
 from longtake.memory import TextConfig, load_checkpoint
 from longtake.training.data import DemoWorld, VideoFolder
-from longtake.training.train_denoiser import (DenoiserTraining, WindowLoss, export, noise_layout, switch_memory,
-                                              train_denoiser)
+from longtake.training.train_denoiser import (DenoiserTraining, WindowLoss, export, foreground_distance,
+                                              noise_layout, switch_memory, train_denoiser)
 from longtake.training.train_vae import VAETraining, load_trained_vae, train_vae
 from longtake.training.vocab import VOCAB
 
 TINY_VAE = dict(batch=2, frames=8, heldout_clips=1, log_every=1, save_every=2, warmup=1)
 TINY_DENOISER = dict(batch=2, videos=3, video_chunks=12, max_prefix=3, log_every=1, save_every=2, preview_every=0,
-                     warmup=1, remade_share=0.5)
+                     warmup=1, remade_share=0.5, object_weight=2.0)
 
 
 @pytest.fixture(scope="module")
@@ -177,3 +177,27 @@ def test_remade_front_is_the_one_step_estimate_from_the_noised_truth(monkeypatch
     assert torch.equal(remade[0], front[0])
     change = (remade - front).pow(2).mean(dim=(1, 2, 3, 4)).sqrt()
     assert 0.05 < change[1] < change[2] < 1.0
+
+
+def test_object_weight_makes_errors_on_objects_cost_more(monkeypatch):
+    from longtake.memory import LongTakeModel
+    model = LongTakeModel(small_model_config())
+    channels, chunk = model.config.denoiser.latent_channels, model.config.denoiser.chunk_frames
+    window = torch.zeros(2, channels, 3 * chunk, 8, 8)
+    window[:, :, :, 2:4, 5:7] = 1.5  # an object: 4 of 64 latent pixels, far from the flat background
+    distance = foreground_distance(window)
+    background = torch.ones_like(distance, dtype=torch.bool)
+    background[:, :, 2:4, 5:7] = False
+    assert (distance[:, :, 2:4, 5:7] > 2).all() and (distance[background] == 0).all()
+    # A model exact everywhere but on the object, by the same amount at every step.
+    target = {}
+    monkeypatch.setattr(torch, "randn_like", lambda x: target.setdefault("noise", torch.zeros_like(x)))
+    wrong = torch.zeros_like(window)
+    wrong[:, :, :, 2:4, 5:7] = 1.0
+    monkeypatch.setattr(model.denoiser, "forward", lambda noisy, *rest: -window + wrong)
+    objective = WindowLoss(model)
+    levels = torch.full((2, 3), 0.5)
+    plain, object_error = objective(window[:, :, :0], window, levels, [""] * 2, True, 0)
+    weighted, same_error = objective(window[:, :, :0], window, levels, [""] * 2, True, 0, object_weight=4.0)
+    assert plain == pytest.approx(4 / 64) and object_error == same_error == pytest.approx(1.0)
+    assert weighted == pytest.approx(5 * 4 / (5 * 4 + 60))  # the object's 4 pixels count 5 times
