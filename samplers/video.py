@@ -42,7 +42,10 @@ class Mp4Writer:
         if self.frames_written == 0:
             self.stream.height, self.stream.width = frames.shape[1:3]
         for frame in frames:
-            for packet in self.stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
+            # Converted here rather than left to the encoder, whose own conversion made the same frames
+            # encode differently from one file to the next (PyAV 18).
+            picture = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24").reformat(format="yuv420p")
+            for packet in self.stream.encode(picture):
                 self.container.mux(packet)
             self.frames_written += 1
 
