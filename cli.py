@@ -139,6 +139,15 @@ def cmd_train(args) -> int:
     if args.decoder_only and args.stage != "vae":
         raise ValueError(f"--decoder-only is for the vae stage (longtake train vae --init ... --decoder-only), "
                          f"not {args.stage}")
+    if args.object_weight is not None and args.stage not in ("denoiser", "demo"):
+        raise ValueError(f"--object-weight sets how the denoiser is trained: give it to the denoiser or demo stage, "
+                         f"not {args.stage}")
+    for flag, value in (("--denoiser-steps", args.denoiser_steps), ("--batch", args.batch), ("--lr", args.lr),
+                        ("--cache-videos", args.cache_videos)):
+        if value is not None and not value > 0:  # before the VAE stage, not an hour into it
+            raise ValueError(f"{flag} must be positive, got {value}")
+    if args.object_weight is not None and not 0 <= args.object_weight < float("inf"):
+        raise ValueError(f"--object-weight must be 0 or more (0 weighs every latent pixel alike), got {args.object_weight}")
     if args.frame_delay is not None and args.stage not in ("vae", "demo"):
         raise ValueError(f"--frame-delay sets how the VAE is trained: give it to the vae or demo stage, not "
                          f"{args.stage}")

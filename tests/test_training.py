@@ -201,3 +201,17 @@ def test_object_weight_makes_errors_on_objects_cost_more(monkeypatch):
     weighted, same_error = objective(window[:, :, :0], window, levels, [""] * 2, True, 0, object_weight=4.0)
     assert plain == pytest.approx(4 / 64) and object_error == same_error == pytest.approx(1.0)
     assert weighted == pytest.approx(5 * 4 / (5 * 4 + 60))  # the object's 4 pixels count 5 times
+    # A window with nothing on its background has no object error to report, and still a loss.
+    flat = torch.zeros_like(window)
+    loss, no_error = objective(flat[:, :, :0], flat, levels, [""] * 2, True, 0, object_weight=4.0)
+    assert torch.isnan(no_error) and torch.isfinite(loss)
+
+
+def test_train_refuses_bad_denoiser_flags_before_any_work(tmp_path, capsys):
+    from longtake.cli import main as cli
+    for args, message in ((["demo", "--batch", "0"], "--batch must be positive"),
+                          (["denoiser", "--object-weight", "-1"], "--object-weight must be 0 or more"),
+                          (["vae", "--object-weight", "2"], "give it to the denoiser or demo stage")):
+        assert cli(["train", *args, "--out", str(tmp_path / "run")]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

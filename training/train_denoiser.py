@@ -14,6 +14,7 @@ them near pure noise, where only the prompt says what the scene is.
 from __future__ import annotations
 
 import json
+import math
 import random
 import time
 from dataclasses import asdict, dataclass, replace
@@ -157,7 +158,7 @@ class WindowLoss(torch.nn.Module):
                     memory = model.denoiser.write(memory, piece, tokens, bias)
             else:
                 memory = model.denoiser.write(memory, piece, tokens, bias)
-        distance = foreground_distance(window)
+        distance = foreground_distance(window)  # of the truth: a remade front is context, not in the loss
         if remade is not None:
             window = torch.cat([self.remade_front(window[:, :, :chunk], remade.to(window.device), tokens, bias, memory),
                                 window[:, :, chunk:]], dim=2)
@@ -171,7 +172,7 @@ class WindowLoss(torch.nn.Module):
             counted[:, :chunk] = 0  # the front chunk is context: its prediction is never used
         foreground = counted * (distance > FOREGROUND)
         weights = counted * (1 + object_weight * ((distance - 1) / (FOREGROUND - 1)).clamp(0, 1))
-        object_error = (error * foreground).sum() / foreground.sum().clamp(min=1)
+        object_error = (error * foreground).sum() / foreground.sum()  # NaN when the window shows no object
         return (error * weights).sum() / weights.sum(), object_error.detach()
 
     @torch.no_grad()
@@ -224,7 +225,7 @@ def train_denoiser(config: ModelConfig, vae_state: dict, source, out: Path, sett
     log = LossLog(out / "denoiser_log.jsonl", resume=progress["step"] > 0)
     started = time.monotonic() - progress["seconds"]
     chunk, k = config.denoiser.chunk_frames, settings.window_chunks
-    smoothed, object_smoothed = progress.get("loss"), progress.get("object_loss")
+    smoothed, object_smoothed = progress.get("loss"), progress.get("object_error")  # absent in older states
 
     for step in range(progress["step"], settings.steps):
         # Every random draw of a step follows from (seed, step, rank): a resumed run repeats it exactly.
@@ -282,22 +283,23 @@ def train_denoiser(config: ModelConfig, vae_state: dict, source, out: Path, sett
         optimizer.step()
         ema.update(model, step)
         smoothed = loss.item() if smoothed is None else 0.98 * smoothed + 0.02 * loss.item()
-        object_smoothed = object_error.item() if object_smoothed is None \
-            else 0.98 * object_smoothed + 0.02 * object_error.item()
+        if not math.isnan(object_error.item()):
+            object_smoothed = object_error.item() if object_smoothed is None \
+                else 0.98 * object_smoothed + 0.02 * object_error.item()
 
         if rank == 0 and (step % settings.log_every == 0 or step == settings.steps - 1):
             extra = {"text_gain": text_gain(WindowLoss(model), latents, source, settings, device)} \
                 if step % settings.save_every == 0 else {}
-            log.write(step=step, loss=loss.item(), smoothed=smoothed, object_loss=object_smoothed, lr=lr,
-                      prefix=prefix_chunks, **extra)
+            log.write(step=step, loss=loss.item(), smoothed=smoothed, object_error_smoothed=object_smoothed,
+                      lr=lr, prefix=prefix_chunks, **extra)
             print(f"denoiser step {step:5d}  loss {loss.item():.4f}  smoothed {smoothed:.4f}  "
-                  f"objects {object_smoothed:.4f}  "
+                  + (f"objects {object_smoothed:.4f}  " if object_smoothed is not None else "")
                   + (f"text gain {extra['text_gain']:+.4f}  " if extra else "")
                   + f"{time.monotonic() - started:6.0f} s", flush=True)
         if rank == 0 and (step + 1) % settings.save_every == 0:
             save_training_state(state_path, model, ema, optimizer,
                                 {"step": step + 1, "seconds": time.monotonic() - started, "loss": smoothed,
-                                 "object_loss": object_smoothed,
+                                 "object_error": object_smoothed,
                                  "config": config.replace(record=dict(record, denoiser=dict(
                                      data_seed=settings.seed, settings=asdict(settings)))).to_json()})
         if rank == 0 and settings.preview_every and (step + 1) % settings.preview_every == 0:
@@ -306,7 +308,7 @@ def train_denoiser(config: ModelConfig, vae_state: dict, source, out: Path, sett
     if rank != 0:
         return out / "model.safetensors"
     record = dict(record, denoiser=dict(steps=settings.steps, final_loss=round(smoothed, 4),
-                                        final_object_loss=round(object_smoothed, 4), data_seed=settings.seed,
+                                        final_object_error=rounded(object_smoothed), data_seed=settings.seed,
                                         seconds=round(time.monotonic() - started), hardware=hardware(),
                                         settings=asdict(settings)))
     final = shipped_model(model, ema)
@@ -345,11 +347,17 @@ def export(out: Path) -> Path:
         for name, p in model.named_parameters():
             p.copy_(tensors[f"ema.{name}"])
     record = dict(config.record, denoiser=dict(config.record.get("denoiser", {}), steps=meta["step"],
-                                               final_loss=round(meta["loss"], 4), seconds=round(meta["seconds"]),
+                                               final_loss=round(meta["loss"], 4),
+                                               final_object_error=rounded(meta.get("object_error")),
+                                               seconds=round(meta["seconds"]),
                                                hardware=hardware(), exported_from_state=True))
     path = out / "model.safetensors"
     save_checkpoint(model.eval(), path, config=config.replace(record=record))
     return path
+
+
+def rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
 
 
 @torch.no_grad()
