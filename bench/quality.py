@@ -305,6 +305,9 @@ def table(report: dict) -> str:
                 cells.append("n/a" if run["memory"] or name == "occlusion" else "-")
         memory = "-" if run["sampler"] in (WORLD, VAE) else "on" if run["memory"] else "off"
         lines.append(f"| {run['sampler']} | {memory} | " + " | ".join(cells) + " |")
+    settings = report["settings"]
+    lines.append(f"\n{len(report['prompts'])} prompts x {report['seconds']:g} s, seeds from {report['seed']}; "
+                 + ", ".join(f"{k} {v}" for k, v in settings.items()))
     return "\n".join(lines)
 
 

@@ -124,6 +124,7 @@ def test_fast_run_end_to_end_writes_table_json_plots_and_videos(tmp_path, capsys
                                                        ["| progressive", "off"], ["| world", "-"], ["| vae", "-"]]
     assert all(("PASS" in cell or "FAIL" in cell) for row in rows[:3] for cell in row.split(" | ")[2:6])
     assert (out / "table.md").read_text().strip() in printed
+    assert "2 prompts x 4 s, seeds from 0; steps 20" in printed and "guidance 5" in printed  # what made the rows
 
     report = json.loads((out / "quality.json").read_text())
     assert report["prompts"] == list(q.PROMPTS[:q.FAST_PROMPTS]) and report["seconds"] == q.FAST_SECONDS
