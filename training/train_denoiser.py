@@ -282,10 +282,9 @@ def train_denoiser(config: ModelConfig, vae_state: dict, source, out: Path, sett
         torch.nn.utils.clip_grad_norm_(trained, 1.0)
         optimizer.step()
         ema.update(model, step)
-        smoothed = loss.item() if smoothed is None else 0.98 * smoothed + 0.02 * loss.item()
+        smoothed = smooth(smoothed, loss.item())
         if not math.isnan(object_error.item()):
-            object_smoothed = object_error.item() if object_smoothed is None \
-                else 0.98 * object_smoothed + 0.02 * object_error.item()
+            object_smoothed = smooth(object_smoothed, object_error.item())
 
         if rank == 0 and (step % settings.log_every == 0 or step == settings.steps - 1):
             extra = {"text_gain": text_gain(WindowLoss(model), latents, source, settings, device)} \
@@ -354,6 +353,11 @@ def export(out: Path) -> Path:
     path = out / "model.safetensors"
     save_checkpoint(model.eval(), path, config=config.replace(record=record))
     return path
+
+
+def smooth(previous: float | None, value: float) -> float:
+    """The running average the log reports, over about the last 50 steps."""
+    return value if previous is None else 0.98 * previous + 0.02 * value
 
 
 def rounded(value: float | None) -> float | None:
