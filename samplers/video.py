@@ -23,6 +23,7 @@ class Mp4Writer:
 
     def __init__(self, path: str | Path, fps: float, crf: int = 18):
         import av
+        from av.video.reformatter import VideoReformatter
         if fps <= 0:
             raise ValueError(f"fps must be positive, got {fps}")
         self.path = Path(path)
@@ -31,6 +32,9 @@ class Mp4Writer:
         self.stream = self.container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
         self.stream.pix_fmt = "yuv420p"
         self.stream.options = {"crf": str(crf)}
+        # One reformatter for the whole file: it keeps its conversion context, which each frame's own
+        # `reformat` would build again (4x the cost of the conversion itself).
+        self.to_yuv = VideoReformatter()
         self.frames_written = 0
         self._open = True
 
@@ -45,7 +49,8 @@ class Mp4Writer:
             # Converted here rather than left to the encoder: with PyAV 18's own conversion the same frames
             # encoded differently from one file to the next in one process. Not enough on its own: inside
             # the full test suite two files of the same frames still differed, cause not yet found.
-            picture = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24").reformat(format="yuv420p")
+            picture = self.to_yuv.reformat(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24"),
+                                           format="yuv420p")
             for packet in self.stream.encode(picture):
                 self.container.mux(packet)
             self.frames_written += 1
