@@ -8,7 +8,9 @@ shape are counted once afterwards with torch's FLOP counter, so metering does no
 
 Besides the lengths: the three samplers at equal steps and overlap (model calls, FLOPs and wall time per
 output frame); a full-history baseline, every past chunk in the window and no memory, whose cost grows
-with the length; and the denoiser's achieved FLOP/s against a matrix multiply measured in the same run.
+with the length; and the denoiser's achieved FLOP/s against a matrix multiply measured in the same run, both
+over whole videos and for the pass a long video makes most, timed on its own beside the matrix multiply.
+`--compile` times everything with the denoiser compiled, as `longtake generate --compile` runs it.
 """
 from __future__ import annotations
 
@@ -104,17 +106,27 @@ def matmul_peak(device, dtype, size: int = 1024, seconds: float = 1.0) -> float:
     return 2 * size ** 3 * runs / (time.perf_counter() - started)
 
 
+def load(checkpoint: str, device: str, compile: bool):
+    """The model, compiled if asked, and the seconds compiling took (0 without)."""
+    from ..memory import load_checkpoint
+    model = load_checkpoint(checkpoint, device=device)
+    started = time.perf_counter()
+    if compile:
+        model.compile_denoiser()
+    return model, time.perf_counter() - started if compile else 0.0
+
+
 def generate(checkpoint: str, seconds: float, device: str, settings: dict, full_history: bool = False,
-             reuse_front: bool = True) -> dict:
+             reuse_front: bool = True, compile: bool = False) -> dict:
     """One video as `longtake generate` makes it, metered; what it cost, as a dict.
 
     `reuse_front=False` runs the clean front chunks again at every step, to show what reusing them buys.
+    `compile`: as `generate --compile`; the compile is timed on its own (`compile_s`), not in the wall time.
     """
     import torch
-    from ..memory import load_checkpoint
     from ..samplers import LongVideo, PromptSchedule, SamplerSettings, render_mp4
 
-    model = load_checkpoint(checkpoint, device=device)
+    model, compile_s = load(checkpoint, device, compile)
     sampler = SamplerSettings(**settings)
     if full_history:
         sampler = replace(sampler, mode="rn", window_chunks=1, overlap=FULL_HISTORY)
@@ -130,17 +142,53 @@ def generate(checkpoint: str, seconds: float, device: str, settings: dict, full_
         _sync(device)
         wall = time.perf_counter() - started
     result = dict(seconds=seconds, frames=frames, wall_s=wall, denoiser_s=meter.seconds, passes=meter.passes,
-                  flops=meter.flops(), peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+                  flops=meter.flops(), peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  compile_s=compile_s)
     if torch.device(device).type == "cuda":
         result["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2 ** 20
     return result
 
 
+def steady_pass(checkpoint: str, device: str, settings: dict, compile: bool = False, repeats: int = 7,
+                passes: int = 50) -> dict:
+    """The pass a long video makes most (the window full), timed on its own: best of `repeats` runs of
+    `passes` passes, with the matrix-multiply peak measured best of 3 right around it.
+
+    Both are best-of and minutes apart at most, so the fraction of peak does not move with the machine's speed,
+    which on a shared CPU wanders more from one minute to the next than most changes to the model would.
+    """
+    import torch
+    from ..samplers import LongVideo, PromptSchedule, SamplerSettings
+
+    model, _ = load(checkpoint, device, compile)
+    meter = DenoiserMeter(model, device)
+    with torch.no_grad():
+        seconds = 3 * settings["window_chunks"] * model.config.frames_per_chunk / model.config.fps
+        for _ in LongVideo(model, PromptSchedule.single(PROMPT), seconds, model.config.fps,
+                           SamplerSettings(**settings)).latents():
+            pass
+        key, count = meter.calls.most_common(1)[0]
+        share = count / meter.passes
+        example = meter.examples[key]
+        meter.calls = Counter({key: 1})
+        flops = meter.flops()
+        best = math.inf
+        for _ in range(repeats + 1):  # the first round warms up
+            _sync(device)
+            started = time.perf_counter()
+            for _ in range(passes):
+                meter.original(*example)
+            _sync(device)
+            best = min(best, (time.perf_counter() - started) / passes)
+    peak = max(matmul_peak(device, torch.float32, seconds=0.5) for _ in range(3))
+    return dict(shape=list(key[0]), share=share, flops=flops, seconds=best, peak_flops=peak)
+
+
 def in_fresh_process(checkpoint: str, seconds: float, device: str, threads: int | None, settings: dict,
-                     full_history: bool = False) -> dict:
+                     full_history: bool = False, compile: bool = False) -> dict:
     command = [sys.executable, "-m", "longtake.bench.speed", "--child", json.dumps(dict(
         checkpoint=checkpoint, seconds=seconds, device=device, threads=threads, settings=settings,
-        full_history=full_history))]
+        full_history=full_history, compile=compile))]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode:
         raise RuntimeError(f"the {seconds:g} s run failed:\n{done.stderr[-2000:]}")
@@ -149,7 +197,7 @@ def in_fresh_process(checkpoint: str, seconds: float, device: str, threads: int 
 
 def run_speed(checkpoint: str | Path, out_dir: Path, lengths=LENGTHS, full_history=FULL_HISTORY_LENGTHS,
               sampler_seconds: float = SAMPLER_SECONDS, device: str = "cpu", threads: int | None = None,
-              progress=print) -> dict:
+              compile: bool = False, progress=print) -> dict:
     """Every measure; writes speed.json, table.md and speed.png into `out_dir` and returns the report."""
     import torch
     from ..memory import read_config
@@ -163,21 +211,25 @@ def run_speed(checkpoint: str | Path, out_dir: Path, lengths=LENGTHS, full_histo
         torch.set_num_threads(threads)
     settings = dict(steps=20, window_chunks=4, overlap=1)
     report = dict(checkpoint=checkpoint, device=device, machine=_machine(device), settings=settings,
-                  threads=threads or torch.get_num_threads(), lengths=[], samplers={}, full_history=[])
+                  threads=threads or torch.get_num_threads(), compile=compile, lengths=[], samplers={},
+                  full_history=[])
     dtype = torch.float32  # checkpoints load in float32 whatever precision they are stored in
     report["matmul_peak_flops"] = matmul_peak(device, dtype)
     progress(f"matrix multiply peak: {report['matmul_peak_flops'] / 1e9:.1f} GFLOP/s ({dtype})")
     for seconds in lengths:
-        run = in_fresh_process(checkpoint, seconds, device, threads, settings)
+        run = in_fresh_process(checkpoint, seconds, device, threads, settings, compile=compile)
         report["lengths"].append(run)
         progress(f"{seconds:g} s: {run['wall_s']:.1f} s wall, {run['peak_rss_mb']:.0f} MB peak")
+    report["steady_pass"] = steady_pass(checkpoint, device, settings, compile)
+    progress(f"steady pass: {1000 * report['steady_pass']['seconds']:.2f} ms")
     for mode in SAMPLERS:
-        run = generate(checkpoint, sampler_seconds, device, dict(settings, mode=mode))
+        run = generate(checkpoint, sampler_seconds, device, dict(settings, mode=mode), compile=compile)
         report["samplers"][mode] = run
         progress(f"{mode}: {run['passes'] / run['frames']:.3f} model passes per frame")
-    report["samplers"][UNCACHED] = generate(checkpoint, sampler_seconds, device, settings, reuse_front=False)
+    report["samplers"][UNCACHED] = generate(checkpoint, sampler_seconds, device, settings, reuse_front=False,
+                                            compile=compile)
     for seconds in full_history:
-        run = in_fresh_process(checkpoint, seconds, device, threads, settings, full_history=True)
+        run = in_fresh_process(checkpoint, seconds, device, threads, settings, full_history=True, compile=compile)
         report["full_history"].append(run)
         progress(f"full history {seconds:g} s: {run['wall_s']:.1f} s wall, {run['peak_rss_mb']:.0f} MB peak")
     (out_dir / "speed.json").write_text(json.dumps(report, indent=1))
@@ -197,8 +249,10 @@ def _machine(device: str) -> str:
 
 def table(report: dict) -> str:
     peak = report["matmul_peak_flops"]
+    compiled = report.get("compile")
     lines = [f"Device: {report['device']} ({report['machine']}), {report['threads']} threads; "
-             f"matrix multiply peak {peak / 1e9:.1f} GFLOP/s.", "",
+             f"matrix multiply peak {peak / 1e9:.1f} GFLOP/s; denoiser "
+             + ("compiled (torch.compile; compile time not in the wall times)." if compiled else "not compiled."), "",
              "| video | frames | wall | frames/s | s per frame | peak RSS | in denoiser | denoiser FLOP/s | of peak |",
              "|---|---|---|---|---|---|---|---|---|"]
     for run in report["lengths"] + report["full_history"]:
@@ -216,6 +270,17 @@ def table(report: dict) -> str:
                       f"{last['peak_rss_mb'] / first['peak_rss_mb'] - 1:+.1%}. Time per frame, {last['seconds']:g} s "
                       f"against {middle['seconds']:g} s: "
                       f"{(last['wall_s'] / last['frames']) / (middle['wall_s'] / middle['frames']) - 1:+.1%}."]
+    steady = report.get("steady_pass")
+    if steady:
+        achieved = steady["flops"] / steady["seconds"]
+        lines += ["", f"Steady-state pass (the full window, {steady['share']:.0%} of a video's passes, input "
+                      f"{'x'.join(map(str, steady['shape']))}): {steady['flops'] / 1e6:.0f} MFLOP in "
+                      f"{1000 * steady['seconds']:.2f} ms, {achieved / 1e9:.1f} GFLOP/s, "
+                      f"{achieved / steady['peak_flops']:.0%} of the matrix multiply's {steady['peak_flops'] / 1e9:.1f} "
+                      f"GFLOP/s (both best of several, measured together)."]
+    if compiled and report["lengths"]:
+        lines += ["", "Compile at load: " + ", ".join(f"{r['compile_s']:.1f} s" for r in report["lengths"])
+                  + " (each length in a fresh process; torch caches compiled kernels on disk)."]
     s = report["settings"]
     lines += ["", f"Samplers at {s['steps']} steps, {s['window_chunks']} chunks a window, overlap {s['overlap']}:", "",
               "| sampler | model passes per frame | model GFLOPs per frame | wall per frame |", "|---|---|---|---|"]
@@ -255,6 +320,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: all cores)")
     parser.add_argument("--fast", action="store_true", help="a smoke run with 1-2 s videos (overrides the lengths)")
+    parser.add_argument("--compile", action="store_true",
+                        help="time the denoiser compiled with torch.compile, as `generate --compile` runs it")
 
 
 def run_from_args(args: argparse.Namespace) -> int:
@@ -265,7 +332,8 @@ def run_from_args(args: argparse.Namespace) -> int:
         lengths = FAST
     if any(not s > 0 for s in [*lengths["lengths"], *lengths["full_history"], lengths["sampler_seconds"]]):
         raise ValueError("every length must be positive")
-    report = run_speed(checkpoint, Path(args.out), device=args.device, threads=args.threads, **lengths)
+    report = run_speed(checkpoint, Path(args.out), device=args.device, threads=args.threads, compile=args.compile,
+                       **lengths)
     print(table(report))
     print(f"\nraw numbers in {Path(args.out) / 'speed.json'}; plot in {Path(args.out) / 'speed.png'}")
     return 0
@@ -276,7 +344,8 @@ def _child(spec: str) -> None:
     job = json.loads(spec)
     if job["threads"]:
         torch.set_num_threads(job["threads"])
-    print(json.dumps(generate(job["checkpoint"], job["seconds"], job["device"], job["settings"], job["full_history"])))
+    print(json.dumps(generate(job["checkpoint"], job["seconds"], job["device"], job["settings"], job["full_history"],
+                              compile=job["compile"])))
 
 
 if __name__ == "__main__":

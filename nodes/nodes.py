@@ -25,12 +25,19 @@ class LoadedModel:
     model: object             # LongTakeModel
     device: object            # torch.device it samples on
     patcher: object = None    # ComfyUI ModelPatcher, when inside ComfyUI
+    compile: bool = False     # compile the denoiser the first time it is needed
 
     def ready(self):
         """The model on its device, after ComfyUI has made room for it."""
         comfy.load_onto_device(self.patcher)
         if self.model.device != self.device:
             self.model.to(self.device)
+        if self.compile:  # on its device, so that the check pass tries the compiler that will be used
+            self.compile = False
+            try:
+                self.model.compile_denoiser()
+            except RuntimeError as error:
+                raise RuntimeError(f"{error}: set compile to false in Load Long Video Model") from None
         return self.model
 
 
@@ -78,6 +85,12 @@ class LongTakeLoadModel:
                 "default": "float32",
                 "tooltip": "Precision of the weights while sampling. float16/bfloat16 halve memory on a GPU; "
                            "on a CPU float32 is usually fastest."}),
+        }, "optional": {  # optional, so that API workflows written before it still run
+            "compile": ("BOOLEAN", {
+                "default": False,
+                "tooltip": "Compile the denoiser with torch.compile when it first runs: faster sampling after a "
+                           "compile that takes about a minute the first time (seconds later: torch caches it). "
+                           "Needs a C++ compiler on a CPU, Triton on a GPU."}),
         }}
 
     @classmethod
@@ -92,13 +105,13 @@ class LongTakeLoadModel:
             return str(error)
         return True
 
-    def load(self, checkpoint, device, dtype):
+    def load(self, checkpoint, device, dtype, compile=False):
         import torch
         from ..memory.checkpoint import load_checkpoint
         path = _bundled_path() if checkpoint == BUNDLED else comfy.model_path(checkpoint)
         model = load_checkpoint(path).to(getattr(torch, dtype)).eval()
         load_device, offload_device = comfy.devices(device)
-        return (LoadedModel(model, load_device, comfy.managed(model, load_device, offload_device)),)
+        return (LoadedModel(model, load_device, comfy.managed(model, load_device, offload_device), compile),)
 
 
 class LongTakeMemoryState:

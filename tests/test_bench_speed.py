@@ -39,6 +39,12 @@ def test_fast_run_writes_table_json_and_plot(tiny, tmp_path, capsys):
     for run in report["lengths"] + report["full_history"] + list(report["samplers"].values()):
         assert 0 < run["denoiser_s"] <= run["wall_s"] and run["flops"] > 0 and run["peak_rss_mb"] > 50
     assert report["matmul_peak_flops"] > 0
+    steady = report["steady_pass"]
+    # The full window: the front chunk reused, the noisy chunks behind it, conditional and unconditional.
+    chunk_frames = load_checkpoint(tiny).config.denoiser.chunk_frames
+    assert steady["shape"][0] == 2 and steady["shape"][2] == report["settings"]["window_chunks"] * chunk_frames
+    assert 0.3 < steady["share"] <= 1 and steady["flops"] > 0 and steady["seconds"] > 0 and steady["peak_flops"] > 0
+    assert "Steady-state pass" in printed
 
 
 def test_sampler_passes_and_flops_match_the_window_arithmetic(tiny):

@@ -308,3 +308,34 @@ def test_reusing_the_clean_front_chunks_changes_no_frame(memory, mode, context_n
     monkeypatch.setattr(Conditioner, "reuse_front", False)
     recomputed = all_frames(LongVideo(model, prompts, seconds=2, fps=12, settings=settings))
     assert (reused - recomputed).abs().max() <= 1e-5
+
+
+def fresh_model():
+    torch.manual_seed(0)
+    return randomise(LongTakeModel(small_model_config("malt")), scale=0.15).eval()
+
+
+def test_compiled_denoiser_makes_the_same_frames():
+    from torch._dynamo.utils import counters
+    model = fresh_model()
+    settings = SamplerSettings(steps=4, window_chunks=2, guidance=2.0)
+    plain = all_frames(LongVideo(model, "a red ball", seconds=1, fps=12, settings=settings))
+    graphs = counters["stats"]["unique_graphs"]
+    # torch's graph capture with the eager kernels: what compiling changes in our code, without the minute of
+    # C++ code generation that the default backend takes on a CPU.
+    model.compile_denoiser(backend="aot_eager")
+    compiled = all_frames(LongVideo(model, "a red ball", seconds=1, fps=12, settings=settings))
+    assert counters["stats"]["unique_graphs"] > graphs
+    assert torch.equal(plain, compiled)
+
+
+def test_a_compiler_that_fails_says_so_at_load_and_the_model_still_works():
+    def broken(graph, example_inputs):
+        raise RuntimeError("no C++ compiler found")
+
+    model = fresh_model()
+    settings = SamplerSettings(steps=4, window_chunks=2)
+    plain = all_frames(LongVideo(model, "a red ball", seconds=0.5, fps=12, settings=settings))
+    with pytest.raises(RuntimeError, match="torch.compile does not work here.*no C.. compiler found.*without compiling"):
+        model.compile_denoiser(backend=broken)
+    assert torch.equal(all_frames(LongVideo(model, "a red ball", seconds=0.5, fps=12, settings=settings)), plain)

@@ -286,3 +286,21 @@ def test_api_workflows_run_in_process_and_write_their_mp4s(comfy_env):
         video = outputs[decode][1]
         assert probe(video.path) == (expected[name], 24), name
     assert (comfy_env / comfy.STATE_FOLDER / "minute_more.safetensors").exists()
+
+
+def test_compile_runs_once_on_first_use_and_a_failure_names_the_switch(comfy_env, monkeypatch):
+    calls = []
+    monkeypatch.setattr(LongTakeModel, "compile_denoiser", lambda self: calls.append(self))
+    model = run("LongTakeLoadModel", checkpoint=nodes.BUNDLED, device="cpu", dtype="float32", compile=True)[0]
+    assert calls == []  # loading stays quick; the compile waits until the model is first used
+    model.ready()
+    model.ready()
+    assert calls == [model.model]
+
+    def broken(self):
+        raise RuntimeError("torch.compile does not work here (no C++ compiler); run without compiling")
+
+    monkeypatch.setattr(LongTakeModel, "compile_denoiser", broken)
+    model = run("LongTakeLoadModel", checkpoint=nodes.BUNDLED, device="cpu", dtype="float32", compile=True)[0]
+    with pytest.raises(RuntimeError, match="no C.. compiler.*set compile to false in Load Long Video Model"):
+        model.ready()

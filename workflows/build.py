@@ -23,7 +23,8 @@ CORE_NODES = {  # the core nodes our workflows use: widgets in order (UI-only on
 def _pack(model="1", sampler=("progressive", 20, 4, 1, 1.0, 3.0, 0), memory=("fresh", "")):
     """Load, Memory State and Sampler: the three nodes every workflow starts with."""
     return {
-        "1": ((40, 60), "LongTakeLoadModel", {"checkpoint": BUNDLED, "device": "auto", "dtype": "float32"}),
+        "1": ((40, 60), "LongTakeLoadModel", {"checkpoint": BUNDLED, "device": "auto",
+                                                "dtype": "float32", "compile": False}),
         "2": ((40, 260), "LongTakeMemoryState", {"model": [model, 0], "start_from": memory[0], "save_as": memory[1]}),
         "3": ((40, 440), "LongTakeProgressiveSampler", dict(zip(
             ("mode", "steps", "window_chunks", "overlap", "shift", "guidance", "seed"), sampler))),
