@@ -16,6 +16,11 @@ measure is a small pure function of them, taken over 2-second clips:
 Two reference rows bound what a model can score: the demo world's own videos of the prompts, and those
 videos encoded and decoded by the model's VAE (a perfect denoiser with this VAE).
 
+Continuation: each sampler also continues the demo world's own first 2 s of every prompt that names an
+object color for 10 s, and each named object's area (pixels near its color) is compared per clip with the
+world's own next 10 s: below 1 the object fades, above 1 it swells. This asks only the denoiser, from a
+true start, to keep an object it is shown, and takes a minute where the minute-long videos take many.
+
 What a prompt leaves out is not checked: the demo world draws unnamed colors at random, so only the
 prompt's own color words say what the video owes it.
 
@@ -57,6 +62,8 @@ MEASURES = {  # name: (table heading, unit the criterion counts)
     "single_scene": ("single scene", "videos"),
     "occlusion": ("color through occlusion", "events"),
 }
+START_SECONDS, CONTINUE_SECONDS = 2.0, 10.0  # continuation: the world's start, and how long to go on from it
+KEPT_AREA = (0.5, 2.0)  # an object is kept when its area in the last clip lies within these times the world's
 FAST_PROMPTS, FAST_SECONDS = 2, 4.0
 
 # Varied canonical prompts. The first two are what --fast runs: one naming everything, one occlusion
@@ -305,6 +312,9 @@ def table(report: dict) -> str:
                 cells.append("n/a" if run["memory"] or name == "occlusion" else "-")
         memory = "-" if run["sampler"] in (WORLD, VAE) else "on" if run["memory"] else "off"
         lines.append(f"| {run['sampler']} | {memory} | " + " | ".join(cells) + " |")
+    continuation = continuation_table(report)
+    if continuation:
+        lines += ["", continuation]
     settings = report["settings"]
     lines.append(f"\n{len(report['prompts'])} prompts x {report['seconds']:g} s, seeds from {report['seed']}; "
                  + ", ".join(f"{k} {v}" for k, v in settings.items()))
@@ -333,6 +343,73 @@ def plot(report: dict, out_dir: Path) -> None:
             axes.legend()
         figure.tight_layout()
         figure.savefig(out_dir / f"{name}.png", dpi=100)
+
+
+def area_ratios(made: Features, truth: Features, clips: list[slice], color: str) -> list[float]:
+    """Per clip, the pixels near `color` in the made video over those in the true one (NaN where the true
+    one has none)."""
+    k = COLORS.index(color)
+    return [float(made.near[c, k].sum() / truth.near[c, k].sum()) if truth.near[c, k].sum() else math.nan
+            for c in clips]
+
+
+def summarise_continuation(objects: list[dict]) -> dict:
+    """Median area ratio per clip over the named objects, and the share kept to the end."""
+    ratios = np.array([o["area_ratio"] for o in objects], dtype=float)
+    last = ratios[:, -1]
+    last = last[~np.isnan(last)]
+    return dict(median_by_clip=[None if np.isnan(col).all() else float(np.nanmedian(col)) for col in ratios.T],
+                kept=float(np.mean((last >= KEPT_AREA[0]) & (last <= KEPT_AREA[1]))) if len(last) else None,
+                count=len(last))
+
+
+def continuation_table(report: dict) -> str:
+    runs = report.get("continuation") or {}
+    if not runs:
+        return ""
+    clips = max(len(r["summary"]["median_by_clip"]) for r in runs.values())
+    spans = [f"{CLIP_SECONDS * k:g}-{CLIP_SECONDS * (k + 1):g} s" for k in range(clips)]
+    lines = [f"Continuing the demo world's own first {START_SECONDS:g} s: each named object's area against the "
+             "world's own continuation (median over objects; 1 = as in the world, below fades, above swells), and "
+             f"the share kept to the end ({KEPT_AREA[0]:g}-{KEPT_AREA[1]:g}x in the last clip):", "",
+             "| sampler | " + " | ".join(spans) + " | kept |", "|---|" + "---|" * (clips + 1)]
+    for mode, run in runs.items():
+        s = run["summary"]
+        cells = ["-" if v is None else f"{v:.2f}" for v in s["median_by_clip"]]
+        kept = "n/a" if s["kept"] is None else f"{s['kept']:.0%} of {s['count']}"
+        lines.append(f"| {mode} | " + " | ".join(cells) + f" | {kept} |")
+    return "\n".join(lines)
+
+
+def continue_world(model, prompts: list[str], checks: list[Checks], base, samplers, seed: int, seconds: float,
+                   out_dir: Path, device: str, progress: Callable[[str], None]) -> dict:
+    """Each sampler continues the world's own start of every prompt that names object colors; the areas."""
+    import torch
+    from ..samplers import LongVideo, PromptSchedule, render_mp4
+    from ..training.data import to_pixels
+    fps = model.config.fps
+    start_frames, frames = round(START_SECONDS * fps), round(seconds * fps)
+    clips = clip_slices(frames, round(CLIP_SECONDS * fps))
+    runs = {}
+    for mode in samplers:
+        objects = []
+        for i, (prompt, check) in enumerate(zip(prompts, checks)):
+            if not check.object_colors:
+                continue
+            scene = scene_from_prompt(prompt, seed + i)
+            start = to_pixels(render(scene, 0, start_frames))[0]
+            path = out_dir / f"continue-{mode}-{i:02d}.mp4"
+            with torch.no_grad():
+                render_mp4(LongVideo(model, PromptSchedule.single(prompt), seconds, fps,
+                                     replace(base, mode=mode, seed=seed + i), start=start.to(device)), path)
+            made = features(mp4_frames(path))
+            truth = features(render(scene, start_frames, frames))
+            for color in check.object_colors:
+                objects.append(dict(prompt=prompt, seed=seed + i, color=color,
+                                    area_ratio=area_ratios(made, truth, clips, color)))
+        runs[mode] = dict(summary=summarise_continuation(objects), objects=objects) if objects else None
+        progress(f"continuation, {mode}: {len(objects)} objects")
+    return {mode: run for mode, run in runs.items() if run is not None}
 
 
 # ----- the run -----
@@ -423,6 +500,8 @@ def run_quality(checkpoint: str | Path, out_dir: Path, seconds: float = 60, prom
     for key, measured in videos.items():
         report["runs"][key] = dict(sampler=key, memory=True, summary=summarise(measured),
                                    timelines=timelines(measured, round(CLIP_SECONDS * fps)), videos=measured)
+    report["continuation"] = continue_world(model, prompts, checks, base, samplers, seed,
+                                            min(CONTINUE_SECONDS, seconds), out_dir, device, progress)
     (out_dir / "quality.json").write_text(json.dumps(report, indent=1))
     (out_dir / "table.md").write_text(table(report) + "\n")
     plot(report, out_dir)

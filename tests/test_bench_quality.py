@@ -57,6 +57,23 @@ def test_background_and_object_colors_of_the_world_pass_and_absent_ones_fail(tmp
         {"red": [True, True], "blue": [True, True], "green": [False, False]}
 
 
+def test_continuation_areas_are_one_for_the_world_and_zero_for_a_faded_object(tmp_path):
+    scene = scene_from_prompt("a red ball bouncing on a black background", seed=0)
+    frames = render(scene, 0, 3 * CLIP)
+    faded = frames.copy()
+    faded[2 * CLIP:] = PALETTE["black"]  # the ball gone in the last clip
+    swollen = frames.copy()
+    swollen[2 * CLIP:, 8:40, 8:40] = PALETTE["red"]
+    truth = measured(frames, tmp_path)
+    clips = q.clip_slices(len(truth.diff), CLIP)
+    same = q.area_ratios(truth, truth, clips, "red")
+    gone = q.area_ratios(measured(faded, tmp_path), truth, clips, "red")
+    grown = q.area_ratios(measured(swollen, tmp_path), truth, clips, "red")
+    assert same == [1.0, 1.0, 1.0] and gone[-1] == 0 and grown[-1] > 2
+    summary = q.summarise_continuation([dict(area_ratio=same), dict(area_ratio=gone), dict(area_ratio=grown)])
+    assert summary["kept"] == pytest.approx(1 / 3) and summary["count"] == 3 and summary["median_by_clip"][-1] == 1
+
+
 def test_clips_cover_the_video():
     assert q.clip_slices(100, 48) == [slice(0, 48), slice(48, 96), slice(96, 100)]
 
@@ -119,9 +136,13 @@ def test_fast_run_end_to_end_writes_table_json_plots_and_videos(tmp_path, capsys
     assert q.main([str(tmp_path / "tiny.safetensors"), "--out", str(out), "--fast", "--guidance", "5"]) == 0
 
     printed = capsys.readouterr().out
-    rows = [line for line in printed.splitlines() if line.startswith("| ") and "sampler" not in line]
+    main_table, continuation = printed.split("Continuing the demo world")
+    rows = [line for line in main_table.splitlines() if line.startswith("| ") and "sampler" not in line]
     assert [row.split(" | ")[:2] for row in rows] == [["| progressive", "on"], ["| rw", "on"], ["| rn", "on"],
                                                        ["| progressive", "off"], ["| world", "-"], ["| vae", "-"]]
+    # The first fast prompt names its ball's color: each sampler continued the world's start of it.
+    assert [line.split(" | ")[0] for line in continuation.splitlines() if line.startswith("| ")][1:] == \
+        ["| progressive", "| rw", "| rn"]
     assert all(("PASS" in cell or "FAIL" in cell) for row in rows[:3] for cell in row.split(" | ")[2:6])
     assert (out / "table.md").read_text().strip() in printed
     assert "2 prompts x 4 s, seeds from 0; steps 20" in printed and "guidance 5" in printed  # what made the rows
@@ -140,3 +161,7 @@ def test_fast_run_end_to_end_writes_table_json_plots_and_videos(tmp_path, capsys
             assert (out / video["mp4"]).is_file()
     for name in ("background", "object_colors", "motion", "scene_cuts", "occlusion"):
         assert (out / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for mode in ("progressive", "rw", "rn"):
+        (red,) = report["continuation"][mode]["objects"]
+        assert red["color"] == "red" and len(red["area_ratio"]) == 2  # 4 s: two clips
+        assert (out / f"continue-{mode}-00.mp4").is_file()
