@@ -104,7 +104,10 @@ def cmd_generate(args) -> int:
     if args.compile:
         began = time.monotonic()
         print("compiling the denoiser (about a minute the first time on a CPU, seconds once torch has cached it)")
-        model.compile_denoiser()
+        try:
+            model.compile_denoiser()
+        except RuntimeError as error:
+            raise UsageError(f"{error}; leave out --compile") from None
         print(f"compiled in {time.monotonic() - began:.1f} s")
     bar = ProgressBar()
     video = LongVideo(model, schedule, args.seconds, args.fps, settings, start=start, resume=args.resume,
@@ -287,8 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--device", default="cpu", help="torch device (default cpu)")
     gen.add_argument("--threads", type=int, help="CPU threads for torch (default: all cores)")
     gen.add_argument("--compile", action="store_true",
-                     help="compile the denoiser with torch.compile first: faster sampling, after a compile that "
-                          "takes about a minute the first time on a CPU and seconds later")
+                     help="compile the denoiser with torch.compile first: faster passes once every window shape "
+                          "is compiled (about a minute the first time on a CPU, seconds later); on a small CPU "
+                          "a video is not faster yet")
     gen.set_defaults(run=cmd_generate)
 
     train = commands.add_parser("train", help="train the VAE, the denoiser, or both (the demo model recipe)")

@@ -312,12 +312,12 @@ def table(report: dict) -> str:
                 cells.append("n/a" if run["memory"] or name == "occlusion" else "-")
         memory = "-" if run["sampler"] in (WORLD, VAE) else "on" if run["memory"] else "off"
         lines.append(f"| {run['sampler']} | {memory} | " + " | ".join(cells) + " |")
-    continuation = continuation_table(report)
-    if continuation:
-        lines += ["", continuation]
     settings = report["settings"]
     lines.append(f"\n{len(report['prompts'])} prompts x {report['seconds']:g} s, seeds from {report['seed']}; "
                  + ", ".join(f"{k} {v}" for k, v in settings.items()))
+    continuation = continuation_table(report)
+    if continuation:
+        lines += ["", continuation]
     return "\n".join(lines)
 
 
@@ -345,17 +345,19 @@ def plot(report: dict, out_dir: Path) -> None:
         figure.savefig(out_dir / f"{name}.png", dpi=100)
 
 
-def area_ratios(made: Features, truth: Features, clips: list[slice], color: str) -> list[float]:
-    """Per clip, the pixels near `color` in the made video over those in the true one (NaN where the true
+def area_ratios(made: Features, truth: Features, clips: list[slice], color: str) -> list[float | None]:
+    """Per clip, the pixels near `color` in the made video over those in the true one (None where the true
     one has none)."""
     k = COLORS.index(color)
-    return [float(made.near[c, k].sum() / truth.near[c, k].sum()) if truth.near[c, k].sum() else math.nan
+    return [float(made.near[c, k].sum() / truth.near[c, k].sum()) if truth.near[c, k].sum() else None
             for c in clips]
 
 
 def summarise_continuation(objects: list[dict]) -> dict:
     """Median area ratio per clip over the named objects, and the share kept to the end."""
-    ratios = np.array([o["area_ratio"] for o in objects], dtype=float)
+    if not objects:
+        return dict(median_by_clip=[], kept=None, count=0)
+    ratios = np.array([[math.nan if r is None else r for r in o["area_ratio"]] for o in objects], dtype=float)
     last = ratios[:, -1]
     last = last[~np.isnan(last)]
     return dict(median_by_clip=[None if np.isnan(col).all() else float(np.nanmedian(col)) for col in ratios.T],
@@ -378,38 +380,61 @@ def continuation_table(report: dict) -> str:
         cells = ["-" if v is None else f"{v:.2f}" for v in s["median_by_clip"]]
         kept = "n/a" if s["kept"] is None else f"{s['kept']:.0%} of {s['count']}"
         lines.append(f"| {mode} | " + " | ".join(cells) + f" | {kept} |")
+    first = next(iter(runs.values()))["objects"]
+    lines.append(f"\n{len({o['prompt'] for o in first})} prompts x {CLIP_SECONDS * clips:g} s after "
+                 f"{START_SECONDS:g} s of the world, {len(first)} named objects; the vae row is the world's own "
+                 "video through the model's VAE")
     return "\n".join(lines)
 
 
 def continue_world(model, prompts: list[str], checks: list[Checks], base, samplers, seed: int, seconds: float,
                    out_dir: Path, device: str, progress: Callable[[str], None]) -> dict:
-    """Each sampler continues the world's own start of every prompt that names object colors; the areas."""
+    """Each sampler continues the world's own start of every prompt that names object colors; the areas
+    against the world's own continuation, both read back from mp4s. A `vae` row runs the world's whole
+    video through the model's VAE: what a perfect denoiser would score."""
     import torch
     from ..samplers import LongVideo, PromptSchedule, render_mp4
+    from ..samplers.video import Mp4Writer, to_uint8_frames
     from ..training.data import to_pixels
     fps = model.config.fps
     start_frames, frames = round(START_SECONDS * fps), round(seconds * fps)
     clips = clip_slices(frames, round(CLIP_SECONDS * fps))
-    runs = {}
-    for mode in samplers:
+    chosen = [(i, prompt, check) for i, (prompt, check) in enumerate(zip(prompts, checks)) if check.object_colors]
+    scenes, truths = {}, {}
+    for i, prompt, _ in chosen:
+        scenes[i] = scene_from_prompt(prompt, seed + i)
+        truth = out_dir / f"continue-world-{i:02d}.mp4"
+        with Mp4Writer(truth, fps) as writer:
+            writer.write(render(scenes[i], start_frames, frames))
+        truths[i] = features(mp4_frames(truth))
+
+    def measure(name: str, make: Callable[[int, str, Path], None]) -> dict | None:
         objects = []
-        for i, (prompt, check) in enumerate(zip(prompts, checks)):
-            if not check.object_colors:
-                continue
-            scene = scene_from_prompt(prompt, seed + i)
-            start = to_pixels(render(scene, 0, start_frames))[0]
-            path = out_dir / f"continue-{mode}-{i:02d}.mp4"
+        for i, prompt, check in chosen:
+            path = out_dir / f"continue-{name}-{i:02d}.mp4"
             with torch.no_grad():
-                render_mp4(LongVideo(model, PromptSchedule.single(prompt), seconds, fps,
-                                     replace(base, mode=mode, seed=seed + i), start=start.to(device)), path)
+                make(i, prompt, path)
             made = features(mp4_frames(path))
-            truth = features(render(scene, start_frames, frames))
-            for color in check.object_colors:
-                objects.append(dict(prompt=prompt, seed=seed + i, color=color,
-                                    area_ratio=area_ratios(made, truth, clips, color)))
-        runs[mode] = dict(summary=summarise_continuation(objects), objects=objects) if objects else None
-        progress(f"continuation, {mode}: {len(objects)} objects")
-    return {mode: run for mode, run in runs.items() if run is not None}
+            objects += [dict(prompt=prompt, seed=seed + i, color=color,
+                             area_ratio=area_ratios(made, truths[i], clips, color)) for color in check.object_colors]
+        progress(f"continuation, {name}: {len(objects)} objects")
+        return dict(summary=summarise_continuation(objects), objects=objects) if objects else None
+
+    def sampled(mode):
+        def make(i, prompt, path):
+            start = to_pixels(render(scenes[i], 0, start_frames))[0].to(device)
+            render_mp4(LongVideo(model, PromptSchedule.single(prompt), seconds, fps,
+                                 replace(base, mode=mode, seed=seed + i), start=start), path)
+        return make
+
+    def through_vae(i, prompt, path):
+        latents, _ = model.vae.encode(to_pixels(render(scenes[i], 0, start_frames + frames)).to(device))
+        with Mp4Writer(path, fps) as writer:
+            writer.write(to_uint8_frames(model.vae.decode(latents)[0][0])[start_frames:])
+
+    runs = {mode: measure(mode, sampled(mode)) for mode in samplers}
+    runs[VAE] = measure(VAE, through_vae)
+    return {name: run for name, run in runs.items() if run is not None}
 
 
 # ----- the run -----

@@ -37,7 +37,7 @@ class LoadedModel:
             try:
                 self.model.compile_denoiser()
             except RuntimeError as error:
-                raise RuntimeError(f"{error}: set compile to false in Load Long Video Model") from None
+                raise RuntimeError(f"{error}; set compile to false in Load Long Video Model") from None
         return self.model
 
 
@@ -88,9 +88,10 @@ class LongTakeLoadModel:
         }, "optional": {  # optional, so that API workflows written before it still run
             "compile": ("BOOLEAN", {
                 "default": False,
-                "tooltip": "Compile the denoiser with torch.compile when it first runs: faster sampling after a "
-                           "compile that takes about a minute the first time (seconds later: torch caches it). "
-                           "Needs a C++ compiler on a CPU, Triton on a GPU."}),
+                "tooltip": "Compile the denoiser with torch.compile when it first runs: faster passes once each "
+                           "window shape is compiled (about a minute the first time, seconds later: torch caches "
+                           "it); on a small CPU a video is not faster yet. Needs a C++ compiler on a CPU, Triton "
+                           "on a GPU."}),
         }}
 
     @classmethod

@@ -142,7 +142,7 @@ def test_fast_run_end_to_end_writes_table_json_plots_and_videos(tmp_path, capsys
                                                        ["| progressive", "off"], ["| world", "-"], ["| vae", "-"]]
     # The first fast prompt names its ball's color: each sampler continued the world's start of it.
     assert [line.split(" | ")[0] for line in continuation.splitlines() if line.startswith("| ")][1:] == \
-        ["| progressive", "| rw", "| rn"]
+        ["| progressive", "| rw", "| rn", "| vae"]
     assert all(("PASS" in cell or "FAIL" in cell) for row in rows[:3] for cell in row.split(" | ")[2:6])
     assert (out / "table.md").read_text().strip() in printed
     assert "2 prompts x 4 s, seeds from 0; steps 20" in printed and "guidance 5" in printed  # what made the rows
@@ -161,7 +161,7 @@ def test_fast_run_end_to_end_writes_table_json_plots_and_videos(tmp_path, capsys
             assert (out / video["mp4"]).is_file()
     for name in ("background", "object_colors", "motion", "scene_cuts", "occlusion"):
         assert (out / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    for mode in ("progressive", "rw", "rn"):
+    for mode in ("progressive", "rw", "rn", "vae"):
         (red,) = report["continuation"][mode]["objects"]
         assert red["color"] == "red" and len(red["area_ratio"]) == 2  # 4 s: two clips
         assert (out / f"continue-{mode}-00.mp4").is_file()

@@ -315,7 +315,15 @@ def fresh_model():
     return randomise(LongTakeModel(small_model_config("malt")), scale=0.15).eval()
 
 
-def test_compiled_denoiser_makes_the_same_frames():
+@pytest.fixture()
+def no_compiled_code_left():
+    """Compiled code and dynamo's counters stay with the test that made them."""
+    import torch._dynamo
+    yield
+    torch._dynamo.reset()
+
+
+def test_compiled_denoiser_makes_the_same_frames(no_compiled_code_left):
     from torch._dynamo.utils import counters
     model = fresh_model()
     settings = SamplerSettings(steps=4, window_chunks=2, guidance=2.0)
@@ -329,13 +337,33 @@ def test_compiled_denoiser_makes_the_same_frames():
     assert torch.equal(plain, compiled)
 
 
-def test_a_compiler_that_fails_says_so_at_load_and_the_model_still_works():
+def test_a_compiler_that_fails_says_so_at_load_and_the_model_still_works(no_compiled_code_left):
     def broken(graph, example_inputs):
         raise RuntimeError("no C++ compiler found")
 
     model = fresh_model()
     settings = SamplerSettings(steps=4, window_chunks=2)
     plain = all_frames(LongVideo(model, "a red ball", seconds=0.5, fps=12, settings=settings))
-    with pytest.raises(RuntimeError, match="torch.compile does not work here.*no C.. compiler found.*without compiling"):
+    with pytest.raises(RuntimeError, match=r"torch.compile does not work here \(RuntimeError: no C\+\+ compiler found\)"):
         model.compile_denoiser(backend=broken)
     assert torch.equal(all_frames(LongVideo(model, "a red ball", seconds=0.5, fps=12, settings=settings)), plain)
+
+
+def test_cli_compile_flag_compiles_first_and_a_failure_is_a_clean_error(model, tmp_path, capsys, monkeypatch):
+    from longtake.cli import main
+    checkpoint = tmp_path / "model.safetensors"
+    save_checkpoint(model, checkpoint)
+    common = ["a red ball", "--seconds", "0.5", "--checkpoint", str(checkpoint), "--steps", "4", "--window-chunks", "2",
+              "--fps", "12", "--compile"]
+    compiled = []
+    monkeypatch.setattr(LongTakeModel, "compile_denoiser", lambda self: compiled.append(self))
+    assert main(["generate", *common, "--out", str(tmp_path / "a.mp4")]) == 0
+    assert len(compiled) == 1 and "compiled in" in capsys.readouterr().out
+
+    def broken(self):
+        raise RuntimeError("torch.compile does not work here (no C++ compiler)")
+
+    monkeypatch.setattr(LongTakeModel, "compile_denoiser", broken)
+    assert main(["generate", *common, "--out", str(tmp_path / "b.mp4")]) == 2
+    assert "no C++ compiler); leave out --compile" in capsys.readouterr().err
+    assert not (tmp_path / "b.mp4").exists()
