@@ -292,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--compile", action="store_true",
                      help="compile the denoiser with torch.compile first: faster passes once every window shape "
                           "is compiled (about a minute the first time on a CPU, seconds later); on a small CPU "
-                          "a video is not faster yet")
+                          "a whole video came out slower")
     gen.set_defaults(run=cmd_generate)
 
     train = commands.add_parser("train", help="train the VAE, the denoiser, or both (the demo model recipe)")

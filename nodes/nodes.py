@@ -90,7 +90,7 @@ class LongTakeLoadModel:
                 "default": False,
                 "tooltip": "Compile the denoiser with torch.compile when it first runs: faster passes once each "
                            "window shape is compiled (about a minute the first time, seconds later: torch caches "
-                           "it); on a small CPU a video is not faster yet. Needs a C++ compiler on a CPU, Triton "
+                           "it); on a 2-core CPU a whole video came out slower. Needs a C++ compiler on a CPU, Triton "
                            "on a GPU."}),
         }}
 
