@@ -73,20 +73,21 @@ class DenoiserMeter:
         self.calls[key] += 1
         return result
 
-    def flops(self) -> int:
-        """Model FLOPs of all the passes counted so far."""
+    def pass_flops(self, key) -> int:
+        """Model FLOPs of one pass of the shape `key`."""
         import torch
         from torch.utils.flop_counter import FlopCounterMode
         # The CPU's fused attention has no formula of its own in torch's counter.
         custom = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_flops}
-        total = 0
-        for key, calls in self.calls.items():
-            # Eagerly: compiled kernels would run past the counter, which sees only torch's own operations.
-            eager = torch.compiler.set_stance("force_eager") if hasattr(torch.compiler, "set_stance") else nullcontext()
-            with torch.no_grad(), eager, FlopCounterMode(display=False, custom_mapping=custom) as counter:
-                self.original(*self.examples[key])
-            total += counter.get_total_flops() * calls
-        return total
+        # Eagerly: compiled kernels would run past the counter, which sees only torch's own operations.
+        eager = torch.compiler.set_stance("force_eager") if hasattr(torch.compiler, "set_stance") else nullcontext()
+        with torch.no_grad(), eager, FlopCounterMode(display=False, custom_mapping=custom) as counter:
+            self.original(*self.examples[key])
+        return counter.get_total_flops()
+
+    def flops(self) -> int:
+        """Model FLOPs of all the passes counted so far."""
+        return sum(self.pass_flops(key) * calls for key, calls in self.calls.items())
 
     @property
     def passes(self) -> int:
@@ -176,8 +177,7 @@ def steady_pass(checkpoint: str, device: str, settings: dict, compile: bool = Fa
         key, count = meter.calls.most_common(1)[0]
         share = count / meter.passes
         example = meter.examples[key]
-        meter.calls = Counter({key: 1})
-        flops = meter.flops()
+        flops = meter.pass_flops(key)
         best = math.inf
         for _ in range(repeats + 1):  # the first round warms up
             _sync(device)

@@ -13,10 +13,14 @@ from longtake.samplers.video import Mp4Writer, probe
 FAST = dict(steps=4, window_chunks=2)
 
 
-@pytest.fixture(scope="module")
-def model():
+def fresh_model():
     torch.manual_seed(0)
     return randomise(LongTakeModel(small_model_config("malt")), scale=0.15).eval()
+
+
+@pytest.fixture(scope="module")
+def model():
+    return fresh_model()
 
 
 def all_frames(video):
@@ -308,11 +312,6 @@ def test_reusing_the_clean_front_chunks_changes_no_frame(memory, mode, context_n
     monkeypatch.setattr(Conditioner, "reuse_front", False)
     recomputed = all_frames(LongVideo(model, prompts, seconds=2, fps=12, settings=settings))
     assert (reused - recomputed).abs().max() <= 1e-5
-
-
-def fresh_model():
-    torch.manual_seed(0)
-    return randomise(LongTakeModel(small_model_config("malt")), scale=0.15).eval()
 
 
 @pytest.fixture()
