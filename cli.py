@@ -155,6 +155,21 @@ def cmd_train(args) -> int:
                         ("--cache-videos", args.cache_videos)):
         if value is not None and not value > 0:  # before the VAE stage, not an hour into it
             raise ValueError(f"{flag} must be positive, got {value}")
+    remade = {"--remade-share": args.remade_share, "--remade-levels": args.remade_levels,
+              "--remade-steps": args.remade_steps, "--remade-guidance": args.remade_guidance}
+    given = [flag for flag, value in remade.items() if value is not None]
+    if given and args.stage not in ("denoiser", "demo"):
+        raise ValueError(f"{given[0]} sets how the denoiser is trained: give it to the denoiser or demo stage, "
+                         f"not {args.stage}")
+    if args.remade_share is not None and not 0 <= args.remade_share <= 1:
+        raise ValueError(f"--remade-share is a share of windows: give a number from 0 to 1, got {args.remade_share}")
+    if args.remade_levels is not None and not 0 < args.remade_levels[0] <= args.remade_levels[1] <= 1:
+        raise ValueError(f"--remade-levels LOW HIGH are noise levels with 0 < LOW <= HIGH <= 1 (1 is pure noise), "
+                         f"got {' '.join(map(str, args.remade_levels))}")
+    if args.remade_steps is not None and not args.remade_steps >= 1:
+        raise ValueError(f"--remade-steps must be at least 1, got {args.remade_steps}")
+    if args.remade_guidance is not None and not args.remade_guidance >= 0:
+        raise ValueError(f"--remade-guidance must be 0 or more (1 turns guidance off), got {args.remade_guidance}")
     if args.object_weight is not None and not 0 <= args.object_weight < float("inf"):
         raise ValueError(f"--object-weight must be 0 or more (0 weighs every latent pixel alike), got {args.object_weight}")
     if args.frame_delay is not None and args.stage not in ("vae", "demo"):
@@ -209,7 +224,10 @@ def cmd_train(args) -> int:
         vae_state, record = vae.state_dict(), {"vae": vae_record}
     settings = DenoiserTraining(seed=args.data_seed)
     changes = {k: v for k, v in (("steps", args.denoiser_steps), ("batch", args.batch), ("lr", args.lr),
-                                 ("videos", args.cache_videos), ("object_weight", args.object_weight))
+                                 ("videos", args.cache_videos), ("object_weight", args.object_weight),
+                                 ("remade_share", args.remade_share), ("remade_steps", args.remade_steps),
+                                 ("remade_guidance", args.remade_guidance),
+                                 ("remade_levels", args.remade_levels and tuple(args.remade_levels)))
                if v is not None}
     settings = dataclasses.replace(settings, **changes)
     record["command"] = "longtake " + " ".join(sys.argv[1:])
@@ -322,6 +340,17 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--object-weight", type=float,
                        help="denoiser: extra loss weight on latent pixels far from the background, i.e. objects "
                             "and pillars (default 0: every pixel alike)")
+    train.add_argument("--remade-share", type=float,
+                       help="denoiser: share of windows whose clean front chunk the model makes itself from the "
+                            "noised truth, as sampling shows it its own chunks (default 0.3)")
+    train.add_argument("--remade-levels", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                       help="denoiser: the noise levels those front chunks are made from (default 0.05 0.4; "
+                            "1 1 makes them from pure noise, as sampling does)")
+    train.add_argument("--remade-steps", type=int,
+                       help="denoiser: Euler steps that make such a front chunk (default 1)")
+    train.add_argument("--remade-guidance", type=float,
+                       help="denoiser: guidance scale while making such a front chunk (default 1: none; the "
+                            "sampler's default is 3)")
     train.add_argument("--data-seed", type=int, default=0)
     train.add_argument("--ship", action="store_true", help="also write the result as the bundled demo model (float16)")
     train.set_defaults(run=cmd_train)

@@ -14,7 +14,8 @@ from longtake.training.vocab import VOCAB
 
 TINY_VAE = dict(batch=2, frames=8, heldout_clips=1, log_every=1, save_every=2, warmup=1)
 TINY_DENOISER = dict(batch=2, videos=3, video_chunks=12, max_prefix=3, log_every=1, save_every=2, preview_every=0,
-                     warmup=1, remade_share=0.5, object_weight=2.0)
+                     warmup=1, remade_share=0.5, remade_steps=2, remade_guidance=3.0,
+                     object_weight=2.0)
 
 
 @pytest.fixture(scope="module")
@@ -164,19 +165,45 @@ def test_remade_front_is_the_one_step_estimate_from_the_noised_truth(monkeypatch
     model = LongTakeModel(small_model_config())
     front = torch.randn(3, model.config.denoiser.latent_channels, model.config.denoiser.chunk_frames, 8, 8)
     levels = torch.tensor([0.0, 0.1, 0.4])
-    tokens, bias = model.text(["a red ball"] * 3)
     memory = model.denoiser.initial_state(3)
     loss = WindowLoss(model)
     # A model that knows the truth predicts v = (x_t - x0) / t, and its one-step estimate is the truth itself.
     oracle = lambda noisy, t, *rest: (noisy - front) / t[:, None, :, None, None]
     monkeypatch.setattr(model.denoiser, "forward", oracle)
-    assert torch.allclose(loss.remade_front(front, levels, tokens, bias, memory), front, atol=1e-5)
+    assert torch.allclose(loss.remade_front(None, front, levels, ["a red ball"] * 3, memory), front, atol=1e-5)
     # A model that predicts nothing leaves the noised truth: changed by about the level, the level-0 row untouched.
     monkeypatch.setattr(model.denoiser, "forward", lambda noisy, *rest: torch.zeros_like(noisy))
-    remade = loss.remade_front(front, levels, tokens, bias, memory)
+    remade = loss.remade_front(None, front, levels, ["a red ball"] * 3, memory)
     assert torch.equal(remade[0], front[0])
     change = (remade - front).pow(2).mean(dim=(1, 2, 3, 4)).sqrt()
     assert 0.05 < change[1] < change[2] < 1.0
+
+
+def test_remade_front_from_pure_noise_is_sampled_after_the_chunk_before_it_with_guidance(monkeypatch):
+    """As sampling makes a chunk: in several Euler steps, the clean chunk before it in front of the window, the
+    conditional and null prompts in one batch, and the guided velocity moving it."""
+    from longtake.memory import LongTakeModel
+    model = LongTakeModel(small_model_config())
+    shape = (2, model.config.denoiser.latent_channels, model.config.denoiser.chunk_frames, 8, 8)
+    before, front, elsewhere = torch.randn(shape), torch.randn(shape), torch.randn(shape)
+    memory = model.denoiser.initial_state(2)
+    frames, calls = shape[2], []
+
+    def guided_oracle(window, t, tokens, bias, state):
+        """Conditional rows know the truth; null-prompt rows head for `elsewhere`."""
+        calls.append(t)
+        assert window.shape[0] == tokens.shape[0] == 4 and all(v.shape[0] == 4 for v in state.values())
+        assert torch.equal(window[:, :, :frames], torch.cat([before, before])) and (t[:, :frames] == 0).all()
+        x, level = window[:, :, frames:], t[:, frames:, None, None].unsqueeze(1)
+        target = torch.cat([front, elsewhere])
+        return torch.cat([torch.zeros_like(x), (x - target) / level], dim=2)
+
+    monkeypatch.setattr(model.denoiser, "forward", guided_oracle)
+    remade = WindowLoss(model).remade_front(before, front, torch.ones(2), ["a red ball"] * 2, memory, steps=4,
+                                            guidance=3.0)
+    assert len(calls) == 4 and torch.allclose(calls[0][:, frames:], torch.ones(4, frames))
+    # Guided, the velocity aims at 3 * front - 2 * elsewhere, and Euler steps on a straight path land there.
+    assert torch.allclose(remade, 3 * front - 2 * elsewhere, atol=1e-4)
 
 
 def test_object_weight_makes_errors_on_objects_cost_more(monkeypatch):
@@ -211,7 +238,11 @@ def test_train_refuses_bad_denoiser_flags_before_any_work(tmp_path, capsys):
     from longtake.cli import main as cli
     for args, message in ((["demo", "--batch", "0"], "--batch must be positive"),
                           (["denoiser", "--object-weight", "-1"], "--object-weight must be 0 or more"),
-                          (["vae", "--object-weight", "2"], "give it to the denoiser or demo stage")):
+                          (["vae", "--object-weight", "2"], "give it to the denoiser or demo stage"),
+                          (["denoiser", "--remade-levels", "0.5", "0.2"], "0 < LOW <= HIGH <= 1"),
+                          (["denoiser", "--remade-share", "2"], "give a number from 0 to 1"),
+                          (["denoiser", "--remade-steps", "0"], "--remade-steps must be at least 1"),
+                          (["vae", "--remade-steps", "8"], "give it to the denoiser or demo stage")):
         assert cli(["train", *args, "--out", str(tmp_path / "run")]) == 2
         assert message in capsys.readouterr().err
     assert not (tmp_path / "run").exists()

@@ -55,8 +55,10 @@ class DenoiserTraining:
     occlusion_drop: float = 0.6   # ...with prompts that often leave its color out, so only memory has it
     shift: float = 1.0
     context_noise: float = 0.15   # the clean front chunk is noised up to this level in half the windows
-    remade_share: float = 0.3     # windows whose front chunk is the model's own one-step estimate, not the truth
-    remade_levels: tuple[float, float] = (0.05, 0.4)  # ...made from the truth noised to a level in this range
+    remade_share: float = 0.3     # windows whose front chunk the model made itself, not the truth
+    remade_levels: tuple[float, float] = (0.05, 0.4)  # ...from the truth noised to a level in this range
+    remade_steps: int = 1         # ...in this many Euler steps (1: the one-step estimate)
+    remade_guidance: float = 1.0  # ...at this guidance scale (the sampler's default is 3)
     object_weight: float = 0.0    # extra loss weight where the latents differ from the background (objects)
     preview_every: int = 3000
     preview_prompt: str = "a red ball bouncing on a black background"
@@ -141,10 +143,11 @@ class WindowLoss(torch.nn.Module):
         self.model = model
 
     def forward(self, prefix, window, levels, prompts, has_front: bool, grad_writes: int, remade=None,
-                object_weight: float = 0.0):
+                object_weight: float = 0.0, remade_steps: int = 1, remade_guidance: float = 1.0):
         """The weighted loss and, for the log, the plain error on foreground latents (objects and pillars).
 
-        `remade [B]`: levels from which the front chunk is remade by the model itself (0: the truth).
+        `remade [B]`: levels from which the model remakes the front chunk itself (0: the truth), in
+        `remade_steps` Euler steps at guidance `remade_guidance`.
         """
         model = self.model
         chunk = model.config.denoiser.chunk_frames
@@ -153,6 +156,7 @@ class WindowLoss(torch.nn.Module):
         writes = prefix.shape[2] // chunk
         for i in range(writes):
             piece = prefix[:, :, i * chunk:(i + 1) * chunk]
+            before_last_write = memory
             if i < writes - grad_writes:
                 with torch.no_grad():
                     memory = model.denoiser.write(memory, piece, tokens, bias)
@@ -160,8 +164,11 @@ class WindowLoss(torch.nn.Module):
                 memory = model.denoiser.write(memory, piece, tokens, bias)
         distance = foreground_distance(window)  # of the truth: a remade front is context, not in the loss
         if remade is not None:
-            window = torch.cat([self.remade_front(window[:, :, :chunk], remade.to(window.device), tokens, bias, memory),
-                                window[:, :, chunk:]], dim=2)
+            # Made as sampling made it: the chunk before it clean in front, not yet written into memory.
+            before, context = (prefix[:, :, -chunk:], before_last_write) if writes else (None, memory)
+            front = self.remade_front(before, window[:, :, :chunk], remade.to(window.device), prompts, context,
+                                      remade_steps, remade_guidance)
+            window = torch.cat([front, window[:, :, chunk:]], dim=2)
         t = levels.repeat_interleave(chunk, dim=1).to(window.device)
         noise = torch.randn_like(window)
         noisy = (1 - t[:, None, :, None, None]) * window + t[:, None, :, None, None] * noise
@@ -176,17 +183,35 @@ class WindowLoss(torch.nn.Module):
         return (error * weights).sum() / weights.sum(), object_error.detach()
 
     @torch.no_grad()
-    def remade_front(self, front, levels, tokens, bias, memory):
-        """The front chunk as the model would have made it: the truth noised to `levels [B]` and denoised in one
-        step. At sampling the front chunk is the model's own output, blurred and a little wrong where the model
-        is unsure; a model that only ever saw true fronts copies such errors forward and they pile up (the
-        scene drifts). Seeing its own estimates with the true continuation as the target, it learns to repair
-        them instead. Rows at level 0 keep the truth."""
+    def remade_front(self, before, front, levels, prompts, memory, steps: int = 1, guidance: float = 1.0):
+        """The front chunk as the model would have made it: the truth noised to `levels [B]` and denoised back
+        in `steps` Euler steps, after the clean chunk `before` (None at a video's start) and reading `memory`.
+
+        At sampling the front chunk is the model's own output, a little blurred and a little wrong; a model
+        that only ever saw true fronts copies such errors forward and they pile up (objects fade, the scene
+        drifts). Shown its own chunks with the true continuation as the target, it learns to repair them.
+        One step from a low level is the cheapest such chunk; many steps from pure noise at the sampler's
+        guidance are the chunks sampling really shows it. Rows at level 0 keep the truth."""
+        denoiser, batch, frames = self.model.denoiser, front.shape[0], front.shape[2]
         s = levels[:, None, None, None, None]
-        noisy = (1 - s) * front + s * torch.randn_like(front)
-        t = levels[:, None].expand(-1, front.shape[2])
-        estimate = noisy - s * self.model.denoiser(noisy, t, tokens, bias, memory)
-        return torch.where(s > 0, estimate, front)
+        x = (1 - s) * front + s * torch.randn_like(front)
+        guided = guidance != 1
+        tokens, bias = self.model.text(list(prompts) + [""] * batch if guided else list(prompts))
+        if guided:
+            memory = {name: torch.cat([value, value]) for name, value in memory.items()}
+        for i in range(steps):
+            t_now, t_next = levels * (1 - i / steps), levels * (1 - (i + 1) / steps)
+            window, t = x, t_now[:, None].expand(-1, frames)
+            if before is not None:
+                window, t = torch.cat([before, x], dim=2), torch.cat([torch.zeros_like(t), t], dim=1)
+            if guided:
+                window, t = torch.cat([window, window]), torch.cat([t, t])
+            velocity = denoiser(window, t, tokens, bias, memory)[:, :, -frames:]
+            if guided:
+                conditional, unconditional = velocity.chunk(2)
+                velocity = unconditional + guidance * (conditional - unconditional)
+            x = x + (t_next - t_now)[:, None, None, None, None] * velocity
+        return torch.where(s > 0, x, front)
 
 
 def train_denoiser(config: ModelConfig, vae_state: dict, source, out: Path, settings: DenoiserTraining,
@@ -276,7 +301,7 @@ def train_denoiser(config: ModelConfig, vae_state: dict, source, out: Path, sett
             chosen = torch.rand(settings.batch) < settings.remade_share
             remade = torch.where(chosen, low + (high - low) * torch.rand(settings.batch), torch.zeros(settings.batch))
         loss, object_error = objective(prefix, window, levels, prompts, has_front, settings.grad_writes, remade,
-                                       settings.object_weight)
+                                       settings.object_weight, settings.remade_steps, settings.remade_guidance)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trained, 1.0)
