@@ -148,16 +148,14 @@ def cmd_train(args) -> int:
     if args.decoder_only and args.stage != "vae":
         raise ValueError(f"--decoder-only is for the vae stage (longtake train vae --init ... --decoder-only), "
                          f"not {args.stage}")
-    if args.object_weight is not None and args.stage not in ("denoiser", "demo"):
-        raise ValueError(f"--object-weight sets how the denoiser is trained: give it to the denoiser or demo stage, "
-                         f"not {args.stage}")
     for flag, value in (("--denoiser-steps", args.denoiser_steps), ("--batch", args.batch), ("--lr", args.lr),
                         ("--cache-videos", args.cache_videos)):
         if value is not None and not value > 0:  # before the VAE stage, not an hour into it
             raise ValueError(f"{flag} must be positive, got {value}")
-    remade = {"--remade-share": args.remade_share, "--remade-levels": args.remade_levels,
-              "--remade-steps": args.remade_steps, "--remade-guidance": args.remade_guidance}
-    given = [flag for flag, value in remade.items() if value is not None]
+    denoiser_only = {"--object-weight": args.object_weight, "--remade-share": args.remade_share,
+                     "--remade-levels": args.remade_levels, "--remade-steps": args.remade_steps,
+                     "--remade-guidance": args.remade_guidance}
+    given = [flag for flag, value in denoiser_only.items() if value is not None]
     if given and args.stage not in ("denoiser", "demo"):
         raise ValueError(f"{given[0]} sets how the denoiser is trained: give it to the denoiser or demo stage, "
                          f"not {args.stage}")

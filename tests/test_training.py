@@ -165,15 +165,16 @@ def test_remade_front_is_the_one_step_estimate_from_the_noised_truth(monkeypatch
     model = LongTakeModel(small_model_config())
     front = torch.randn(3, model.config.denoiser.latent_channels, model.config.denoiser.chunk_frames, 8, 8)
     levels = torch.tensor([0.0, 0.1, 0.4])
+    tokens, bias = model.text(["a red ball"] * 3)
     memory = model.denoiser.initial_state(3)
     loss = WindowLoss(model)
     # A model that knows the truth predicts v = (x_t - x0) / t, and its one-step estimate is the truth itself.
     oracle = lambda noisy, t, *rest: (noisy - front) / t[:, None, :, None, None]
     monkeypatch.setattr(model.denoiser, "forward", oracle)
-    assert torch.allclose(loss.remade_front(None, front, levels, ["a red ball"] * 3, memory), front, atol=1e-5)
+    assert torch.allclose(loss.remade_front(None, front, levels, tokens, bias, memory), front, atol=1e-5)
     # A model that predicts nothing leaves the noised truth: changed by about the level, the level-0 row untouched.
     monkeypatch.setattr(model.denoiser, "forward", lambda noisy, *rest: torch.zeros_like(noisy))
-    remade = loss.remade_front(None, front, levels, ["a red ball"] * 3, memory)
+    remade = loss.remade_front(None, front, levels, tokens, bias, memory)
     assert torch.equal(remade[0], front[0])
     change = (remade - front).pow(2).mean(dim=(1, 2, 3, 4)).sqrt()
     assert 0.05 < change[1] < change[2] < 1.0
@@ -199,8 +200,8 @@ def test_remade_front_from_pure_noise_is_sampled_after_the_chunk_before_it_with_
         return torch.cat([torch.zeros_like(x), (x - target) / level], dim=2)
 
     monkeypatch.setattr(model.denoiser, "forward", guided_oracle)
-    remade = WindowLoss(model).remade_front(before, front, torch.ones(2), ["a red ball"] * 2, memory, steps=4,
-                                            guidance=3.0)
+    tokens, bias = model.text(["a red ball"] * 2)
+    remade = WindowLoss(model).remade_front(before, front, torch.ones(2), tokens, bias, memory, steps=4, guidance=3.0)
     assert len(calls) == 4 and torch.allclose(calls[0][:, frames:], torch.ones(4, frames))
     # Guided, the velocity aims at 3 * front - 2 * elsewhere, and Euler steps on a straight path land there.
     assert torch.allclose(remade, 3 * front - 2 * elsewhere, atol=1e-4)

@@ -27,7 +27,8 @@ from safetensors.torch import load_file, save_file
 from ..memory.checkpoint import save_checkpoint
 from ..memory.config import ModelConfig
 from ..memory.model import LongTakeModel
-from ..samplers.schedule import warp
+from ..samplers.loop import stack
+from ..samplers.schedule import euler_step, warp
 from .common import (EMA, LossLog, cosine_lr, hardware, load_training_state, save_training_state,
                      setup_distributed)
 from .data import to_pixels
@@ -166,7 +167,7 @@ class WindowLoss(torch.nn.Module):
         if remade is not None:
             # Made as sampling made it: the chunk before it clean in front, not yet written into memory.
             before, context = (prefix[:, :, -chunk:], before_last_write) if writes else (None, memory)
-            front = self.remade_front(before, window[:, :, :chunk], remade.to(window.device), prompts, context,
+            front = self.remade_front(before, window[:, :, :chunk], remade.to(window.device), tokens, bias, context,
                                       remade_steps, remade_guidance)
             window = torch.cat([front, window[:, :, chunk:]], dim=2)
         t = levels.repeat_interleave(chunk, dim=1).to(window.device)
@@ -183,7 +184,7 @@ class WindowLoss(torch.nn.Module):
         return (error * weights).sum() / weights.sum(), object_error.detach()
 
     @torch.no_grad()
-    def remade_front(self, before, front, levels, prompts, memory, steps: int = 1, guidance: float = 1.0):
+    def remade_front(self, before, front, levels, tokens, bias, memory, steps: int = 1, guidance: float = 1.0):
         """The front chunk as the model would have made it: the truth noised to `levels [B]` and denoised back
         in `steps` Euler steps, after the clean chunk `before` (None at a video's start) and reading `memory`.
 
@@ -196,12 +197,14 @@ class WindowLoss(torch.nn.Module):
         s = levels[:, None, None, None, None]
         x = (1 - s) * front + s * torch.randn_like(front)
         guided = guidance != 1
-        tokens, bias = self.model.text(list(prompts) + [""] * batch if guided else list(prompts))
-        if guided:
+        if guided:  # the null prompt as the second half of the batch, as the sampler guides
+            null_tokens, null_bias = stack([self.model.text([""])], length=tokens.shape[1])
+            tokens = torch.cat([tokens, null_tokens[:, 0].expand(batch, -1, -1)])
+            bias = torch.cat([bias, null_bias[:, 0].expand(batch, -1)])
             memory = {name: torch.cat([value, value]) for name, value in memory.items()}
         for i in range(steps):
-            t_now, t_next = levels * (1 - i / steps), levels * (1 - (i + 1) / steps)
-            window, t = x, t_now[:, None].expand(-1, frames)
+            t_now, t_next = (levels[:, None].expand(-1, frames) * (1 - k / steps) for k in (i, i + 1))
+            window, t = x, t_now
             if before is not None:
                 window, t = torch.cat([before, x], dim=2), torch.cat([torch.zeros_like(t), t], dim=1)
             if guided:
@@ -210,7 +213,7 @@ class WindowLoss(torch.nn.Module):
             if guided:
                 conditional, unconditional = velocity.chunk(2)
                 velocity = unconditional + guidance * (conditional - unconditional)
-            x = x + (t_next - t_now)[:, None, None, None, None] * velocity
+            x = euler_step(x, velocity, t_now, t_next)
         return torch.where(s > 0, x, front)
 
 
