@@ -164,8 +164,7 @@ class Conditioner:
             velocity = torch.cat([rest.new_zeros(rest.shape[:2] + (split,) + rest.shape[3:]), rest], dim=2)
         if self.settings.guidance == 1:
             return velocity
-        conditional, unconditional = velocity.chunk(2)
-        return unconditional + self.settings.guidance * (conditional - unconditional)
+        return guide(velocity, self.settings.guidance)
 
     # The guided batch's text and memory are made once and kept while they stay the same, so that each step
     # hands the denoiser the very tensors its prefix was made with (it reuses their keys and values then).
@@ -202,6 +201,13 @@ class Conditioner:
         self.memory = self.model.denoiser.write(self.memory, chunk.latents, tokens, bias,
                                                 noise=noise.to(chunk.latents.device, chunk.latents.dtype),
                                                 seen=front[1] if seen else None)
+
+
+def guide(velocity: torch.Tensor, scale: float) -> torch.Tensor:
+    """Classifier-free guidance from one batched forward: the conditional rows first, the null-prompt rows
+    after them."""
+    conditional, unconditional = velocity.chunk(2)
+    return unconditional + scale * (conditional - unconditional)
 
 
 def stack(conditionings, length: int | None = None):

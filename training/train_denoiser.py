@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 from ..memory.checkpoint import save_checkpoint
 from ..memory.config import ModelConfig
 from ..memory.model import LongTakeModel
-from ..samplers.loop import stack
+from ..samplers.loop import guide, stack
 from ..samplers.schedule import euler_step, warp
 from .common import (EMA, LossLog, cosine_lr, hardware, load_training_state, save_training_state,
                      setup_distributed)
@@ -211,8 +211,7 @@ class WindowLoss(torch.nn.Module):
                 window, t = torch.cat([window, window]), torch.cat([t, t])
             velocity = denoiser(window, t, tokens, bias, memory)[:, :, -frames:]
             if guided:
-                conditional, unconditional = velocity.chunk(2)
-                velocity = unconditional + guidance * (conditional - unconditional)
+                velocity = guide(velocity, guidance)
             x = euler_step(x, velocity, t_now, t_next)
         return torch.where(s > 0, x, front)
 
