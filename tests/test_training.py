@@ -6,13 +6,14 @@ import torch
 
 from helpers import small_model_config
 from longtake.memory import TextConfig, load_checkpoint
-from longtake.training.data import DemoWorld, VideoFolder
+from longtake.memory.vae import CausalVideoVAE
+from longtake.training.data import DemoWorld, VideoFolder, to_pixels
 from longtake.training.train_denoiser import (DenoiserTraining, WindowLoss, export, foreground_distance,
                                               noise_layout, switch_memory, train_denoiser)
-from longtake.training.train_vae import VAETraining, load_trained_vae, train_vae
+from longtake.training.train_vae import ReconstructionLoss, VAETraining, load_trained_vae, train_vae
 from longtake.training.vocab import VOCAB
 
-TINY_VAE = dict(batch=2, frames=8, heldout_clips=1, log_every=1, save_every=2, warmup=1)
+TINY_VAE = dict(batch=2, frames=8, past_latents=2, heldout_clips=1, log_every=1, save_every=2, warmup=1)
 TINY_DENOISER = dict(batch=2, videos=3, video_chunks=12, max_prefix=3, log_every=1, save_every=2, preview_every=0,
                      warmup=1, remade_share=0.5, remade_steps=2, remade_guidance=3.0,
                      object_weight=2.0)
@@ -33,6 +34,24 @@ def test_vae_stage_reports_psnr_and_sets_latent_statistics(trained_vae):
     assert not torch.equal(vae.latent_std, torch.ones_like(vae.latent_std))
     lines = [json.loads(line) for line in (out / "vae_log.jsonl").read_text().splitlines()]
     assert [line["step"] for line in lines] == [0, 1, 2]
+
+
+def test_decoder_loss_after_a_decoded_past_is_the_loss_on_that_stretch_of_the_whole_clip():
+    """The decoder trains on what follows a decoded past; the loss must be on the frames those latents show."""
+    torch.manual_seed(0)
+    config = small_model_config().vae
+    objective = ReconstructionLoss(CausalVideoVAE(config).eval(), VAETraining(decoder_noise=0.0))
+    video, _ = DemoWorld(seed=0).clip(5, 6 * config.time_factor + config.frame_delay)
+    clips = to_pixels(video[None])
+    with torch.no_grad():
+        mean, _ = objective.vae.moments(clips[:, :, config.frame_delay:])
+        whole, _ = objective.vae.decode(mean)
+        objective.vae.moments = lambda pixels: (mean, torch.full_like(mean, -80.0))  # no posterior noise
+        for past in (0, 2, 5):
+            _, parts = objective(clips, past)
+            wanted = clips[:, :, :clips.shape[2] - config.frame_delay][:, :, past * config.time_factor:]
+            tail = whole[:, :, past * config.time_factor:]
+            assert parts["mse"] == pytest.approx((tail - wanted).pow(2).mean().item(), rel=1e-4)
 
 
 def denoise(out, steps, vae_dir):

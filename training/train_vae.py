@@ -25,7 +25,12 @@ from .data import to_pixels
 class VAETraining:
     steps: int = 3000
     batch: int = 4               # clips per step (per rank)
-    frames: int = 16             # frames per clip: 2 chunks, so the causal cache is exercised
+    frames: int = 16             # frames per clip the loss is taken on
+    # Each step first decodes a past of 0 to this many latents without gradients and trains on what
+    # follows it, as the decoder runs in a video: streamed, its cold start (the first latent repeated)
+    # soon out of view. 12 latents cover the decoder's causal reach (about 11 with the default config).
+    # Trained only from cold starts, it learned nothing for frames past its clips: a cut at frame 16.
+    past_latents: int = 12
     lr: float = 1e-3
     warmup: int = 100
     l1_weight: float = 0.5       # L1 next to MSE keeps edges sharp
@@ -49,8 +54,9 @@ class ReconstructionLoss(torch.nn.Module):
         super().__init__()
         self.vae, self.settings = vae, settings
 
-    def forward(self, clips: torch.Tensor):
-        """`clips`: `frame_delay` frames more than the encoder sees; the decoder owes the earliest ones."""
+    def forward(self, clips: torch.Tensor, past_latents: int = 0):
+        """`clips`: `frame_delay` frames more than the encoder sees; the decoder owes the earliest ones.
+        The first `past_latents` latents are decoded without gradients, only for the cache they leave."""
         delay = self.vae.cfg.frame_delay
         pixels, wanted = clips[:, :, delay:], clips[:, :, :clips.shape[2] - delay]
         mean, logvar = self.vae.moments(pixels)
@@ -58,7 +64,13 @@ class ReconstructionLoss(torch.nn.Module):
         spread = mean.detach().std(dim=(0, 2, 3, 4), keepdim=True)
         level = self.settings.decoder_noise * torch.rand(mean.shape[0], 1, 1, 1, 1, device=mean.device)
         latents = latents + level * spread * torch.randn_like(mean)
-        recon, _ = self.vae.decode(latents)
+        cache = None
+        if past_latents:
+            with torch.no_grad():
+                _, cache = self.vae.decode(latents[:, :, :past_latents])
+            latents = latents[:, :, past_latents:]
+            wanted = wanted[:, :, past_latents * self.vae.cfg.time_factor:]
+        recon, _ = self.vae.decode(latents, cache)
         mse = (recon - wanted).pow(2).mean()
         l1 = (recon - wanted).abs().mean()
         kl = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).mean()
@@ -68,7 +80,7 @@ class ReconstructionLoss(torch.nn.Module):
         return loss, {"mse": mse.item(), "l1": l1.item(), "kl": kl.item()}
 
 
-def heldout_measures(vae: CausalVideoVAE, source, clips: int, frames: int = 32) -> dict:
+def heldout_measures(vae: CausalVideoVAE, source, clips: int, frames: int = 64) -> dict:
     """Reconstruction of held-out clips (deterministic latent means) against the frames it shows
     (`frame_delay` earlier), in 8-bit units:
 
@@ -145,9 +157,11 @@ def train_vae(source, heldout, config: VAEConfig, out: Path, settings: VAETraini
             group["lr"] = lr
         seeds = [(step * world + rank) * settings.batch + b for b in range(settings.batch)]
         torch.manual_seed(settings.seed * 1_000_003 + step * world + rank)  # resumed runs repeat each step
-        clips = np.stack([source.clip(s, settings.frames + config.frame_delay)[0] for s in seeds])
+        past = int(torch.randint(settings.past_latents + 1, ()))
+        length = past * config.time_factor + settings.frames + config.frame_delay
+        clips = np.stack([source.clip(s, length)[0] for s in seeds])
 
-        loss, parts = objective(to_pixels(clips).to(device))
+        loss, parts = objective(to_pixels(clips).to(device), past)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trained, 1.0)
