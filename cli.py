@@ -193,8 +193,8 @@ def cmd_train(args) -> int:
         from .memory import save_checkpoint
         tuned, vae_config, vae_record = load_trained_vae(out)
         base.vae.load_state_dict(tuned.state_dict())
-        record = dict(base.config.record, decoder_fine_tuned=dict(vae_record, from_model=str(args.init),
-                                                                  command="longtake " + " ".join(sys.argv[1:])))
+        record = dict(base.config.record, command=args.command_line,  # the file's last stage
+                      decoder_fine_tuned=dict(vae_record, from_model=str(args.init), command=args.command_line))
         path = out / "model.safetensors"
         save_checkpoint(base, path, config=base.config.replace(vae=vae_config, record=record))
         print(f"wrote {path}: {args.init} with the fine-tuned decoder")
@@ -228,7 +228,7 @@ def cmd_train(args) -> int:
                                  ("remade_levels", args.remade_levels and tuple(args.remade_levels)))
                if v is not None}
     settings = dataclasses.replace(settings, **changes)
-    record["command"] = "longtake " + " ".join(sys.argv[1:])
+    record["command"] = args.command_line
     path = train_denoiser(config, vae_state, source, out, settings, record, initial=initial)
     return _ship(path) if args.ship else 0
 
@@ -373,7 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    args.command_line = "longtake " + " ".join(argv)  # recorded in the models that training writes
     try:
         return args.run(args)
     except (ValueError, OSError) as error:  # our own errors say what is wrong and how to fix it

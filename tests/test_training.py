@@ -164,6 +164,7 @@ def test_decoder_only_fine_tune_keeps_the_latents_and_hands_back_the_whole_model
     assert changed and all(name.startswith("vae.decoder.") for name in changed)
     record = tuned.config.record["decoder_fine_tuned"]
     assert record["settings"]["decoder_only"] and record["heldout_psnr_db"] > 0 and record["heldout_step_ratio"] > 0
+    assert "--decoder-only" in tuned.config.record["command"]  # the record names the command that made the file
 
 
 def test_heldout_step_ratio_is_one_for_a_faithful_decoder_and_high_for_a_stepped_one(trained_vae):
