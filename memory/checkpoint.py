@@ -62,15 +62,20 @@ def read_header(path: str | os.PathLike) -> dict:
 
 def read_config(path: str | os.PathLike) -> ModelConfig:
     """The ModelConfig stored in a checkpoint, without reading its tensors."""
+    return _read_metadata(path)[0]
+
+
+def _read_metadata(path: str | os.PathLike) -> tuple[ModelConfig, int]:
+    """The checkpoint's config and format version, checked."""
     metadata = read_header(path).get("__metadata__") or {}
     if FORMAT_KEY not in metadata or CONFIG_KEY not in metadata:
         raise CheckpointError(path, "is a safetensors file but not a LongTake checkpoint (its metadata has no "
                                     f"'{FORMAT_KEY}'/'{CONFIG_KEY}'); load it with the tool that made it")
-    if metadata[FORMAT_KEY] != str(FORMAT_VERSION):
-        raise CheckpointError(path, f"has LongTake format version {metadata[FORMAT_KEY]}, this LongTake reads "
-                                    f"version {FORMAT_VERSION}; update LongTake or convert the file")
+    if metadata[FORMAT_KEY] not in {str(v) for v in range(1, FORMAT_VERSION + 1)}:
+        raise CheckpointError(path, f"has LongTake format version {metadata[FORMAT_KEY]}, this LongTake reads versions 1 to "
+                                    f"{FORMAT_VERSION}; update LongTake or convert the file")
     try:
-        return ModelConfig.from_json(metadata[CONFIG_KEY])
+        return ModelConfig.from_json(metadata[CONFIG_KEY]), int(metadata[FORMAT_KEY])
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
         raise CheckpointError(path, f"has a config this LongTake cannot build a model from: {error}") from None
 
@@ -93,12 +98,31 @@ def save_checkpoint(model: LongTakeModel, path: str | os.PathLike, config: Model
     os.replace(partial, path)
 
 
+def upgrade_tensors(tensors: dict[str, torch.Tensor], version: int) -> dict[str, torch.Tensor]:
+    """A checkpoint's tensors under the names and shapes of the present format.
+
+    Format 1 kept each block's self-attention query projection (`attn.q`) apart from its key-value one
+    (`attn.kv`); format 2 stacks them into one (`attn.qkv`), which runs as one matrix multiply.
+    """
+    if version >= 2:
+        return tensors
+    upgraded = dict(tensors)
+    for name in tensors:
+        if ".attn.q." in name and name.startswith("denoiser.blocks."):
+            joined = name.replace(".attn.q.", ".attn.qkv.")
+            key_value = name.replace(".attn.q.", ".attn.kv.")
+            if key_value in upgraded:
+                upgraded[joined] = torch.cat([upgraded.pop(name), upgraded.pop(key_value)])
+    return upgraded
+
+
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> LongTakeModel:
-    config = read_config(path)
+    config, version = _read_metadata(path)
     try:
         tensors = load_safetensors_bytes(Path(path).read_bytes())
     except Exception as error:  # the parser's own message says which tensor is broken
         raise CheckpointError(path, f"could not be read as safetensors: {error}") from None
+    tensors = upgrade_tensors(tensors, version)
     model = LongTakeModel(config)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(tensors))

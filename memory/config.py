@@ -8,7 +8,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: each block's self-attention projects queries, keys and values in one layer
 MEMORY_MODES = ("none", "malt", "lstm")
 
 

@@ -39,7 +39,7 @@ def test_tensor_names_carry_their_part(saved):
         header = json.loads(f.read(length))
     prefixes = {name.split(".")[0] for name in header if name != "__metadata__"}
     assert prefixes == {"vae", "text", "denoiser"}
-    assert header["__metadata__"]["longtake_format"] == "1"
+    assert header["__metadata__"]["longtake_format"] == "2"
     assert json.loads(header["__metadata__"]["longtake_config"])["denoiser"]["memory"] == "malt"
 
 
@@ -100,6 +100,22 @@ def test_misshapen_tensors(saved, tmp_path):
     path = tmp_path / "misshapen.safetensors"
     save_file(tensors, path, metadata={"longtake_format": "1", "longtake_config": model.config.to_json()})
     expect_error(path, "wrong shape", "denoiser.patch_in.weight (7, 7)")
+
+
+def test_a_format_1_file_with_separate_query_and_key_value_projections_loads_unchanged(saved, tmp_path):
+    model, _ = saved
+    tensors = {}
+    for name, tensor in model.state_dict().items():
+        if ".attn.qkv." in name:  # format 1 kept the query projection apart from the key-value one
+            width = tensor.shape[0] // 3
+            tensors[name.replace(".qkv.", ".q.")], tensors[name.replace(".qkv.", ".kv.")] = tensor[:width], tensor[width:]
+        else:
+            tensors[name] = tensor
+    path = tmp_path / "format1.safetensors"
+    save_file(tensors, path, metadata={"longtake_format": "1", "longtake_config": model.config.to_json()})
+    loaded = load_checkpoint(path)
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor), name
 
 
 def test_future_format_version(saved, tmp_path):
