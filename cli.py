@@ -149,7 +149,7 @@ def cmd_train(args) -> int:
         raise ValueError(f"--decoder-only is for the vae stage (longtake train vae --init ... --decoder-only), "
                          f"not {args.stage}")
     for flag, value in (("--denoiser-steps", args.denoiser_steps), ("--batch", args.batch), ("--lr", args.lr),
-                        ("--cache-videos", args.cache_videos)):
+                        ("--vae-lr", args.vae_lr), ("--cache-videos", args.cache_videos)):
         if value is not None and not value > 0:  # before the VAE stage, not an hour into it
             raise ValueError(f"{flag} must be positive, got {value}")
     denoiser_only = {"--object-weight": args.object_weight, "--remade-share": args.remade_share,
@@ -180,6 +180,8 @@ def cmd_train(args) -> int:
         vae_settings = VAETraining(seed=args.data_seed, decoder_only=args.decoder_only)
         if args.vae_steps:
             vae_settings = dataclasses.replace(vae_settings, steps=args.vae_steps)
+        if args.vae_lr:
+            vae_settings = dataclasses.replace(vae_settings, lr=args.vae_lr)
         from .memory.config import VAEConfig
         vae_config = VAEConfig() if base is None else base.config.vae
         if args.frame_delay is not None:
@@ -325,6 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--depth", type=int, default=6, help="denoiser blocks (default 6)")
     train.add_argument("--heads", type=int, default=4, help="attention heads (default 4)")
     train.add_argument("--vae-steps", type=int)
+    train.add_argument("--vae-lr", type=float, help="peak VAE learning rate (default 1e-3; lower it to fine-tune)")
     train.add_argument("--frame-delay", type=int,
                        help="vae: frames the decoder renders late, so each latent's frames lie between it and "
                             "the one before and motion is smooth (default: the model's own, 0 for a new VAE)")

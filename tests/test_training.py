@@ -154,7 +154,7 @@ def test_decoder_only_fine_tune_keeps_the_latents_and_hands_back_the_whole_model
     assert cli(["train", "vae", "--decoder-only", "--out", str(out), "--vae-steps", "2"]) == 2
     assert "give --init" in capsys.readouterr().err
     assert cli(["train", "vae", "--init", str(tmp_path / "base.safetensors"), "--decoder-only", "--out", str(out),
-                "--vae-steps", "2", "--frame-delay", "2"]) == 0
+                "--vae-steps", "2", "--frame-delay", "2", "--vae-lr", "3e-4"]) == 0
     tuned = load_checkpoint(out / "model.safetensors")
     assert tuned.config.vae.frame_delay == 2 and trained_model.config.vae.frame_delay == 0
     before, after = trained_model.state_dict(), tuned.state_dict()
@@ -163,6 +163,7 @@ def test_decoder_only_fine_tune_keeps_the_latents_and_hands_back_the_whole_model
     # so the denoiser's latents mean the same to the new decoder.
     assert changed and all(name.startswith("vae.decoder.") for name in changed)
     record = tuned.config.record["decoder_fine_tuned"]
+    assert record["settings"]["lr"] == 3e-4
     assert record["settings"]["decoder_only"] and record["heldout_psnr_db"] > 0 and record["heldout_step_ratio"] > 0
     assert "--decoder-only" in tuned.config.record["command"]  # the record names the command that made the file
 
@@ -258,6 +259,7 @@ def test_object_weight_makes_errors_on_objects_cost_more(monkeypatch):
 def test_train_refuses_bad_denoiser_flags_before_any_work(tmp_path, capsys):
     from longtake.cli import main as cli
     for args, message in ((["demo", "--batch", "0"], "--batch must be positive"),
+                          (["vae", "--vae-lr", "0"], "--vae-lr must be positive"),
                           (["denoiser", "--object-weight", "-1"], "--object-weight must be 0 or more"),
                           (["vae", "--object-weight", "2"], "give it to the denoiser or demo stage"),
                           (["denoiser", "--remade-levels", "0.5", "0.2"], "0 < LOW <= HIGH <= 1"),
