@@ -41,10 +41,15 @@ KeysValues = tuple[torch.Tensor, torch.Tensor]
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
     """Sinusoidal embedding of `t` in [0, 1], any shape; computed in float32 whatever the model dtype."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-    angles = t.float()[..., None] * 1000.0 * freqs
+    angles = t.float()[..., None] * timestep_frequencies(dim, max_period, t.device)
     return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
+
+
+@functools.lru_cache(maxsize=4)
+def timestep_frequencies(dim: int, max_period: float, device: torch.device) -> torch.Tensor:
+    """The embedding's angular frequencies per unit of `t` (cached: every pass asks for them)."""
+    half = dim // 2
+    return 1000.0 * torch.exp(-math.log(max_period) * torch.arange(half, device=device, dtype=torch.float32) / half)
 
 
 @functools.lru_cache(maxsize=16)
@@ -87,22 +92,20 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
     return torch.addcmul(shift[:, :, None], x, 1 + scale[:, :, None])
 
 
-class HeadNorm(nn.Module):
-    """RMS normalisation of each head's query or key, with a learned gain, leaving out the factor
-    `sqrt(head_dim)` that RMS normalisation would multiply by: attention multiplies its logits by it instead
-    (see `attention_scale`), which gives the same logits in fewer operations than a full RMS norm."""
+class HeadGain(nn.Module):
+    """The learned gain, per head dimension, of each head's normalised query or key.
+
+    Queries and keys are normalised to unit length per head: RMS normalisation up to a factor
+    `sqrt(head_dim)` on each, which the attention's scale makes up (`attention_scale`) in fewer operations."""
 
     def __init__(self, head_dim: int):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(head_dim))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(x, dim=-1) * self.weight
-
 
 def attention_scale(head_dim: int) -> float:
-    """The logits' scale for queries and keys from `HeadNorm`: RMS-normalised vectors' `1 / sqrt(head_dim)`
-    times the `sqrt(head_dim)` each of the two left out."""
+    """The logits' scale for unit-length queries and keys: RMS-normalised vectors' `1 / sqrt(head_dim)` times
+    the `sqrt(head_dim)` that each of the two lacks."""
     return math.sqrt(head_dim)
 
 
@@ -115,8 +118,8 @@ class Attention(nn.Module):
         self.heads = heads
         self.q = nn.Linear(width, width)
         self.kv = nn.Linear(context_width or width, 2 * width)
-        self.q_norm = HeadNorm(width // heads)
-        self.k_norm = HeadNorm(width // heads)
+        self.q_norm = HeadGain(width // heads)
+        self.k_norm = HeadGain(width // heads)
         self.out = nn.Linear(width, width)
 
     def forward(self, x, context, mask=None, context_keys_values=None):
@@ -127,11 +130,14 @@ class Attention(nn.Module):
         Returns the output and the context's keys and values.
         """
         # Norms run while each token's heads still lie side by side in memory, as the projections wrote
-        # them: on the head-major layout attention wants, every one of them would copy first.
-        q = self.q_norm(self.q(x).unflatten(-1, (self.heads, -1))).transpose(-3, -2)  # [..., heads, N, head_dim]
+        # them: on the head-major layout attention wants, every one of them would copy first. Only the
+        # product of the query's and the key's gains reaches the logits, so the keys, made once for a
+        # context that many queries read, carry both.
+        q = F.normalize(self.q(x).unflatten(-1, (self.heads, -1)), dim=-1).transpose(-3, -2)  # [..., heads, N, head_dim]
         if context_keys_values is None:
             k, v = self.kv(context).unflatten(-1, (2, self.heads, -1)).unbind(-3)
-            context_keys_values = self.k_norm(k).transpose(-3, -2), v.transpose(-3, -2)
+            k = F.normalize(k, dim=-1) * (self.q_norm.weight * self.k_norm.weight)
+            context_keys_values = k.transpose(-3, -2), v.transpose(-3, -2)
         k, v = context_keys_values
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=attention_scale(q.shape[-1]))
         return self.out(y.transpose(-3, -2).flatten(-2)), context_keys_values
@@ -145,8 +151,8 @@ class SelfAttention(nn.Module):
         super().__init__()
         self.heads = heads
         self.qkv = nn.Linear(width, 3 * width)
-        self.q_norm = HeadNorm(width // heads)
-        self.k_norm = HeadNorm(width // heads)
+        self.q_norm = HeadGain(width // heads)
+        self.k_norm = HeadGain(width // heads)
         self.out = nn.Linear(width, width)
 
     def forward(self, x, mask, rotary, past=None):
@@ -154,6 +160,7 @@ class SelfAttention(nn.Module):
         past: keys and values of P earlier tokens that the queries also see.
         Returns the output and the tokens' own keys and values, `[B, heads, N, head_dim]` each."""
         projected = self.qkv(x).unflatten(-1, (3, self.heads, -1))  # [B, N, 3, heads, head_dim]
+        # Each gain applies before the rotation, which turns queries and keys by their own frames' angles.
         gains = torch.stack([self.q_norm.weight, self.k_norm.weight])[:, None]
         queries_keys = rotate(F.normalize(projected[:, :, :2], dim=-1) * gains, *rotary)
         q, k, v = queries_keys[:, :, 0], queries_keys[:, :, 1], projected[:, :, 2]
@@ -179,11 +186,11 @@ class MaltMemory(nn.Module):
         self.update_gate = nn.Linear(2 * width, width)
 
     def forward(self, x: torch.Tensor, slots: torch.Tensor, slot_keys_values=None):
-        """What the window tokens `x [B, N, D]` take from `slots [B, S, D]`, gated, and the slots' keys and
-        values (pass them back as `slot_keys_values` while the slots stay the same)."""
+        """The window tokens `x [B, N, D]` with what they take from `slots [B, S, D]` added through the gate,
+        and the slots' keys and values (pass them back as `slot_keys_values` while the slots stay the same)."""
         slots = self.slot_norm(slots) if slot_keys_values is None else None
         read, slot_keys_values = self.read(self.read_norm(x), slots, context_keys_values=slot_keys_values)
-        return torch.tanh(self.read_gate) * read, slot_keys_values
+        return torch.addcmul(x, torch.tanh(self.read_gate), read), slot_keys_values
 
     def update(self, slots: torch.Tensor, chunk_tokens: torch.Tensor) -> torch.Tensor:
         context = self.write_norm(torch.cat([slots, chunk_tokens], dim=1))
@@ -259,8 +266,8 @@ class Block(nn.Module):
 
         lstm_end = None
         if self.malt is not None:
-            read, slot_keys_values = self.malt(x.reshape(batch, frames * positions, width), memory, slot_keys_values)
-            x = x + read.view(batch, frames, positions, width)
+            x, slot_keys_values = self.malt(x.reshape(batch, frames * positions, width), memory, slot_keys_values)
+            x = x.view(batch, frames, positions, width)
         if self.lstm is not None:
             read, *lstm_end = self.lstm(x, *memory)
             x = x + read
