@@ -125,3 +125,40 @@ def test_a_prefix_is_refused_with_another_memory_state():
     written = {name: value + 1 for name, value in state.items()}
     with pytest.raises(ValueError, match="memory state it was made with"):
         model(x[:, :, split:], t[:, split:], text, bias, written, prefix)
+
+
+def textbook_attention(q, k, v, q_gain, k_gain, mask=None, turn=None):
+    """Attention with RMS-normalised queries and keys written out the plain way: `[B, N, heads, head_dim]`
+    in, `[B, N, heads * head_dim]` out; `turn` applies rotary embedding to queries and keys."""
+    def rms(x, gain):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True)) * gain
+    q, k = rms(q, q_gain), rms(k, k_gain)
+    if turn is not None:
+        q, k = turn(q), turn(k)
+    logits = torch.einsum("bnhd,bmhd->bhnm", q, k) / q.shape[-1] ** 0.5
+    if mask is not None:
+        logits = logits.masked_fill(~mask, -torch.inf)
+    return torch.einsum("bhnm,bmhd->bnhd", logits.softmax(-1), v).flatten(-2)
+
+
+@torch.no_grad()
+def test_attention_layers_compute_textbook_attention_with_rms_normalised_queries_and_keys():
+    from longtake.memory.denoiser import Attention, SelfAttention, rotary_tables, rotate
+    torch.manual_seed(0)
+    width, heads, tokens, frames = 64, 4, 6, 3
+    cross = randomise(Attention(width, heads, context_width=32)).double()
+    x, context = torch.randn(2, tokens * frames, width).double(), torch.randn(2, 5, 32).double()
+    q = cross.q(x).unflatten(-1, (heads, -1))
+    k, v = cross.kv(context).unflatten(-1, (2, heads, -1)).unbind(-3)
+    expected = cross.out(textbook_attention(q, k, v, cross.q_norm.weight, cross.k_norm.weight))
+    assert torch.allclose(cross(x, context)[0], expected, atol=1e-10)
+
+    window = randomise(SelfAttention(width, heads)).double()
+    cos, sin = rotary_tables(frames, tokens, width // heads, torch.device("cpu"), torch.float64)
+    q, k, v = window.qkv(x).unflatten(-1, (3, heads, -1)).unbind(-3)
+    frame_of = torch.arange(frames).repeat_interleave(tokens)
+    mask = frame_of[None, :] <= frame_of[:, None]
+    bias = torch.zeros(mask.shape, dtype=torch.float64).masked_fill(~mask, -torch.inf)
+    turn = lambda y: rotate(y[:, :, None], cos, sin)[:, :, 0]  # noqa: E731 (rotate takes queries and keys stacked)
+    expected = window.out(textbook_attention(q, k, v, window.q_norm.weight, window.k_norm.weight, mask, turn))
+    assert torch.allclose(window(x, bias, (cos, sin))[0], expected, atol=1e-10)
