@@ -38,6 +38,8 @@ def test_fast_run_writes_table_json_and_plot(tiny, tmp_path, capsys):
     assert report["samplers"][speed.UNCACHED]["frames"] == report["samplers"]["progressive"]["frames"]
     for run in report["lengths"] + report["full_history"] + list(report["samplers"].values()):
         assert 0 < run["denoiser_s"] <= run["wall_s"] and run["flops"] > 0 and run["peak_rss_mb"] > 50
+    # Each video in its own process is set against a peak measured right after it there.
+    assert all(run["matmul_peak_flops"] > 0 for run in report["lengths"] + report["full_history"])
     assert report["matmul_peak_flops"] > 0
     steady = report["steady_pass"]
     # The full window: the front chunk reused, the noisy chunks behind it, conditional and unconditional.
