@@ -34,7 +34,8 @@ def cmd_init(args) -> int:
     return 0
 
 
-SAMPLER_FLAGS = ("sampler", "steps", "window_chunks", "overlap", "shift", "guidance", "seed", "context_noise")
+SAMPLER_FLAGS = ("sampler", "steps", "window_chunks", "overlap", "shift", "guidance", "seed", "context_noise",
+                 "memory_strength")
 DEMO_MODEL = Path(__file__).resolve().parent / "models" / "demo.safetensors"
 
 
@@ -89,7 +90,8 @@ def cmd_generate(args) -> int:
         overlap=defaults.overlap if args.overlap is None else args.overlap,
         shift=args.shift or defaults.shift, guidance=defaults.guidance if args.guidance is None else args.guidance,
         seed=defaults.seed if args.seed is None else args.seed,
-        context_noise=defaults.context_noise if args.context_noise is None else args.context_noise)
+        context_noise=defaults.context_noise if args.context_noise is None else args.context_noise,
+        memory_strength=defaults.memory_strength if args.memory_strength is None else args.memory_strength)
     settings.check()
     start = None
     if args.start:
@@ -301,6 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--guidance", type=float, help="classifier-free guidance scale (default 3)")
     gen.add_argument("--seed", type=int, help="random seed (default 0)")
     gen.add_argument("--context-noise", type=float, help="level clean context chunks are noised to (default 0.05)")
+    gen.add_argument("--memory-strength", type=float,
+                     help="factor on what the model reads from its memory: 1 as trained, 0 not at all (default 0.5)")
     gen.add_argument("--blend-chunks", type=int, default=2, help="chunks over which a prompt change fades in")
     gen.add_argument("--start", help="a video or image to continue from")
     gen.add_argument("--save-state", help="write the generation state here at the end (or on Ctrl-C)")

@@ -440,7 +440,7 @@ def continue_world(model, prompts: list[str], checks: list[Checks], base, sample
 # ----- the run -----
 def run_quality(checkpoint: str | Path, out_dir: Path, seconds: float = 60, prompts: list[str] | None = None,
                 samplers=SAMPLERS, steps: int | None = None, seed: int = 0, guidance: float | None = None,
-                progress: Callable[[str], None] = print, device: str = "cpu") -> dict:
+                memory_strength: float | None = None, progress: Callable[[str], None] = print, device: str = "cpu") -> dict:
     """Generate every prompt with every sampler (and progressive with memory off on occlusion prompts),
     measure, and write the mp4s, quality.json, table.md and one PNG per measure into `out_dir`.
 
@@ -466,7 +466,7 @@ def run_quality(checkpoint: str | Path, out_dir: Path, seconds: float = 60, prom
         raise ValueError(f"give at least one sampler of {', '.join(SAMPLERS)}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    overrides = {"steps": steps, "guidance": guidance}
+    overrides = {"steps": steps, "guidance": guidance, "memory_strength": memory_strength}
     base = SamplerSettings(**{k: v for k, v in overrides.items() if v is not None})
     for mode in samplers:  # an unknown mode, or steps the progressive window cannot divide: before any video
         replace(base, mode=mode).check()
@@ -543,6 +543,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, help="sampling steps (default: the sampler's default)")
     parser.add_argument("--seed", type=int, default=0, help="prompt i uses seed + i (default 0)")
     parser.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the sampler's default)")
+    parser.add_argument("--memory-strength", type=float,
+                        help="factor on what the model reads from memory (default: the sampler's default)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: all cores)")
     parser.add_argument("--fast", action="store_true", help=f"a smoke run: the first {FAST_PROMPTS} prompts, "
@@ -559,7 +561,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         prompts, seconds = prompts[:FAST_PROMPTS], FAST_SECONDS
     out = Path(args.out)
     report = run_quality(args.checkpoint, out, seconds, prompts, tuple(args.samplers), args.steps, args.seed,
-                         args.guidance, device=args.device)
+                         args.guidance, args.memory_strength, device=args.device)
     print(table(report))
     print(f"\nraw numbers in {out / 'quality.json'}; plots and mp4s in {out}")
     return 0

@@ -19,7 +19,8 @@ Memory (`cfg.memory`), read inside every block and written only by `write`:
   the committed state and feeds its output back through a gate. A write scans the leaving chunk and
   makes the result the new committed state.
 
-All read gates start at zero, so an untrained memory leaves the model exactly as `none` would.
+All read gates start at zero, so an untrained memory leaves the model exactly as `none` would. A sampler
+may scale what every read adds (`memory_strength`; 1 is the model as trained).
 The memory state is a plain `dict[str, Tensor]` of fixed size: it never grows with video length.
 """
 from __future__ import annotations
@@ -185,12 +186,13 @@ class MaltMemory(nn.Module):
         self.write = Attention(width, heads)
         self.update_gate = nn.Linear(2 * width, width)
 
-    def forward(self, x: torch.Tensor, slots: torch.Tensor, slot_keys_values=None):
-        """The window tokens `x [B, N, D]` with what they take from `slots [B, S, D]` added through the gate,
-        and the slots' keys and values (pass them back as `slot_keys_values` while the slots stay the same)."""
+    def forward(self, x: torch.Tensor, slots: torch.Tensor, slot_keys_values=None, strength: float = 1.0):
+        """The window tokens `x [B, N, D]` with what they take from `slots [B, S, D]` added through the gate
+        (scaled by `strength`), and the slots' keys and values (pass them back as `slot_keys_values` while
+        the slots stay the same)."""
         slots = self.slot_norm(slots) if slot_keys_values is None else None
         read, slot_keys_values = self.read(self.read_norm(x), slots, context_keys_values=slot_keys_values)
-        return torch.addcmul(x, torch.tanh(self.read_gate), read), slot_keys_values
+        return torch.addcmul(x, strength * torch.tanh(self.read_gate), read), slot_keys_values
 
     def update(self, slots: torch.Tensor, chunk_tokens: torch.Tensor) -> torch.Tensor:
         context = self.write_norm(torch.cat([slots, chunk_tokens], dim=1))
@@ -221,9 +223,9 @@ class LstmMemory(nn.Module):
         shape = (batch, positions, -1)
         return torch.stack(outputs, dim=1), h.view(shape), c.view(shape)
 
-    def forward(self, x, h, c):
+    def forward(self, x, h, c, strength: float = 1.0):
         outputs, h, c = self.scan(x, h, c)
-        return torch.tanh(self.gate) * self.out(outputs), h, c
+        return strength * torch.tanh(self.gate) * self.out(outputs), h, c
 
 
 class Block(nn.Module):
@@ -250,11 +252,12 @@ class Block(nn.Module):
         nn.init.zeros_(self.modulation.weight)
         nn.init.zeros_(self.modulation.bias)
 
-    def forward(self, x, cond, text, text_bias, mask, rotary, memory, past=None, reads=(None, None)):
+    def forward(self, x, cond, text, text_bias, mask, rotary, memory, past=None, reads=(None, None),
+                memory_strength: float = 1.0):
         """x `[B, T, P, D]`; cond `[B, T, D]`; text `[B, L, Dt]`, or `[B, N, L, Dt]` per chunk; memory:
         this layer's slots `[B, S, D]`, or `(h, c)` for an LSTM layer, or None; past: keys and values of
         earlier window tokens; reads: the keys and values of the memory slots and of the text, where they
-        are known already (None where not).
+        are known already (None where not); memory_strength: the factor on what the memory read adds.
         Returns x, the LSTM's end state, this layer's keys and values, and `reads` as used."""
         slot_keys_values, text_keys_values = reads
         batch, frames, positions, width = x.shape
@@ -266,10 +269,11 @@ class Block(nn.Module):
 
         lstm_end = None
         if self.malt is not None:
-            x, slot_keys_values = self.malt(x.reshape(batch, frames * positions, width), memory, slot_keys_values)
+            x, slot_keys_values = self.malt(x.reshape(batch, frames * positions, width), memory, slot_keys_values,
+                                            memory_strength)
             x = x.view(batch, frames, positions, width)
         if self.lstm is not None:
-            read, *lstm_end = self.lstm(x, *memory)
+            read, *lstm_end = self.lstm(x, *memory, memory_strength)
             x = x + read
 
         if text.dim() == 3:  # one prompt for the whole window: all tokens read it in one attention
@@ -296,6 +300,7 @@ class Prefix:
     reads: list[tuple[KeysValues | None, KeysValues | None]]
     state: State
     text: tuple[torch.Tensor, torch.Tensor]
+    memory_strength: float
 
 
 class Denoiser(nn.Module):
@@ -354,7 +359,7 @@ class Denoiser(nn.Module):
         return block_causal_bias(chunks, prefix_chunks, self.cfg.chunk_frames * self.cfg.tokens_per_frame,
                                  device, dtype)
 
-    def _run(self, x, t, text, text_bias, state, prefix: "Prefix | None" = None):
+    def _run(self, x, t, text, text_bias, state, prefix: "Prefix | None" = None, memory_strength: float = 1.0):
         """Shared body of `forward`, `prefix` and `write`: the velocity, each layer's outputs, the LSTM
         layers' end states, each layer's self-attention keys and values, and each layer's reads (the keys
         and values of its memory slots and of the text)."""
@@ -369,6 +374,8 @@ class Denoiser(nn.Module):
             raise ValueError(f"conditioning has {text.shape[1]} chunks, the window {chunks}")
         if prefix is not None and prefix.keys_values[0][0].shape[0] != batch:
             raise ValueError("a prefix must be used with the batch it was made for")
+        if prefix is not None and prefix.memory_strength != memory_strength:
+            raise ValueError("a prefix must be used with the memory strength it was made with")
 
         dtype = self.patch_in.weight.dtype  # inputs and memory arrive in float32; compute in the weights' dtype
         known = self._known_reads(prefix, state, text, text_bias)  # compared as the prefix got them, before the cast
@@ -394,7 +401,7 @@ class Denoiser(nn.Module):
                 memory = prefix.lstm_ends[self.lstm_layers.index(i)]
             past = None if prefix is None else prefix.keys_values[i]
             h, lstm_end, layer_keys_values, layer_reads = block(h, cond, text, text_bias, mask, rotary, memory, past,
-                                                                known[i])
+                                                                known[i], memory_strength)
             layer_outputs.append(h)
             keys_values.append(layer_keys_values)
             reads.append(layer_reads)
@@ -418,17 +425,19 @@ class Denoiser(nn.Module):
         return [(slot_keys_values, text_keys_values if same_text else None)
                 for slot_keys_values, text_keys_values in prefix.reads]
 
-    def forward(self, x, t, text, text_bias, state: State, prefix: "Prefix | None" = None) -> torch.Tensor:
+    def forward(self, x, t, text, text_bias, state: State, prefix: "Prefix | None" = None,
+                memory_strength: float = 1.0) -> torch.Tensor:
         """Velocity for the window `x [B, C, T, H, W]` at per-frame times `t [B, T]`.
 
         `text`/`text_bias`: `[B, L, Dt]`/`[B, L]` for one prompt, or `[B, N, L, Dt]`/`[B, N, L]` per chunk.
         `state`: the memory, as from `initial_state` or `write`; it is only read here.
         `prefix`: the window's first chunks, run once by `prefix`; `x` is then the rest of the window.
+        `memory_strength`: the factor on what every layer's memory read adds (1: as trained, 0: nothing).
         The velocity is float32 whatever dtype the model computes in, so samplers step in float32.
         """
-        return self._run(x, t, text, text_bias, state, prefix)[0].float()
+        return self._run(x, t, text, text_bias, state, prefix, memory_strength)[0].float()
 
-    def prefix(self, x, t, text, text_bias, state: State) -> "Prefix":
+    def prefix(self, x, t, text, text_bias, state: State, memory_strength: float = 1.0) -> "Prefix":
         """The first chunks of a window, run on their own, for `forward` to reuse.
 
         Under the block-causal mask the first chunks of a window see only themselves, so what they give
@@ -440,19 +449,22 @@ class Denoiser(nn.Module):
         """
         if not self.cfg.block_causal:
             raise ValueError("only a block-causal model can reuse the front of its window")
-        _, layer_outputs, lstm_ends, keys_values, reads = self._run(x, t, text, text_bias, state)
+        _, layer_outputs, lstm_ends, keys_values, reads = self._run(x, t, text, text_bias, state,
+                                                                    memory_strength=memory_strength)
         if text.dim() == 4:  # a prompt per chunk is never reused
             reads = [(slot_keys_values, None) for slot_keys_values, _ in reads]
-        return Prefix(x.shape[2], keys_values, lstm_ends, layer_outputs, reads, state, (text, text_bias))
+        return Prefix(x.shape[2], keys_values, lstm_ends, layer_outputs, reads, state, (text, text_bias),
+                      memory_strength)
 
     def write(self, state: State, chunk: torch.Tensor, text, text_bias, noise: torch.Tensor | None = None,
-              seen: Prefix | None = None) -> State:
+              seen: Prefix | None = None, memory_strength: float = 1.0) -> State:
         """The memory after `chunk` (clean latents `[B, C, chunk_frames, H, W]`) has left the window.
 
         `text`/`text_bias` are the chunk's own conditioning; `noise` (like `chunk`) the write pass's noise.
         `seen`: the `prefix` this very pass already made (the chunk alone, noised to `write_noise` with
         `noise`, with this text and this memory state), whose first `B` rows are used instead of running
         it again; a sampler has it when the chunk stood at the front of the window just before leaving.
+        `memory_strength`: as in `forward`, for the write pass's own read of the memory.
         """
         cfg = self.cfg
         if cfg.memory == "none":
@@ -460,6 +472,8 @@ class Denoiser(nn.Module):
         if chunk.shape[2] != cfg.chunk_frames:
             raise ValueError(f"a memory write takes one chunk of {cfg.chunk_frames} latent frames, got {chunk.shape[2]}")
         if seen is not None:
+            if seen.memory_strength != memory_strength:
+                raise ValueError("a prefix must be used with the memory strength it was made with")
             rows = chunk.shape[0]
             layer_outputs = [h[:rows] for h in seen.layer_outputs]
             lstm_ends = [(h[:rows], c[:rows]) for h, c in seen.lstm_ends]
@@ -469,7 +483,8 @@ class Denoiser(nn.Module):
             noise = torch.randn_like(chunk) if noise is None else noise
             noisy = (1 - cfg.write_noise) * chunk + cfg.write_noise * noise
             t = torch.full(chunk.shape[:1] + chunk.shape[2:3], cfg.write_noise, device=chunk.device)
-            _, layer_outputs, lstm_ends, _, _ = self._run(noisy, t, text, text_bias, state)
+            _, layer_outputs, lstm_ends, _, _ = self._run(noisy, t, text, text_bias, state,
+                                                          memory_strength=memory_strength)
         if cfg.memory == "malt":
             slots = state["malt.slots"]
             updated = [block.malt.update(slots[:, i].to(h.dtype), h.flatten(1, 2)).float()

@@ -18,6 +18,7 @@ from . import comfy
 BUNDLED = "demo (bundled)"
 CATEGORY = "LongTake"
 MAX_SEED = 0xFFFFFFFFFFFFFFFF
+MEMORY_STRENGTH = 0.5  # SamplerSettings' default (a test holds them equal); here without importing torch
 
 
 @dataclass
@@ -187,26 +188,36 @@ class LongTakeProgressiveSampler:
                                    "tooltip": "How strongly the prompt steers (classifier-free guidance); 1 is off."}),
             "seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True,
                              "tooltip": "Random seed: the same seed and settings give the same video."}),
+        }, "optional": {  # optional, so that API workflows written before it still run
+            "memory_strength": ("FLOAT", {
+                "default": MEMORY_STRENGTH, "min": 0.0, "max": 2.0, "step": 0.05,
+                "tooltip": "How much the model reads from its memory of what left the view: 1 as trained, 0 not "
+                           "at all. The demo model keeps its objects best at 0.5."}),
         }}
 
     @classmethod
-    def VALIDATE_INPUTS(cls, mode, steps, window_chunks, overlap, shift, guidance, seed):
-        from ..samplers.loop import SamplerSettings
+    def VALIDATE_INPUTS(cls, mode, steps, window_chunks, overlap, shift, guidance, seed,
+                        memory_strength=MEMORY_STRENGTH):
         problem = _out_of_range(cls, steps=steps, window_chunks=window_chunks, overlap=overlap, shift=shift,
-                                guidance=guidance, seed=seed)
+                                guidance=guidance, seed=seed, memory_strength=memory_strength)
         if problem:
             return problem
         try:
-            SamplerSettings(mode, steps, window_chunks, overlap, shift, guidance, seed).check()
+            cls._settings(mode, steps, window_chunks, overlap, shift, guidance, seed, memory_strength).check()
         except ValueError as error:
             return str(error)
         return True
 
-    def settings(self, mode, steps, window_chunks, overlap, shift, guidance, seed):
-        from ..samplers.loop import SamplerSettings
-        settings = SamplerSettings(mode, steps, window_chunks, overlap, shift, guidance, seed)
+    def settings(self, mode, steps, window_chunks, overlap, shift, guidance, seed, memory_strength=MEMORY_STRENGTH):
+        settings = self._settings(mode, steps, window_chunks, overlap, shift, guidance, seed, memory_strength)
         settings.check()
         return (settings,)
+
+    @staticmethod
+    def _settings(mode, steps, window_chunks, overlap, shift, guidance, seed, memory_strength):
+        from ..samplers.loop import SamplerSettings
+        return SamplerSettings(mode=mode, steps=steps, window_chunks=window_chunks, overlap=overlap, shift=shift,
+                               guidance=guidance, seed=seed, memory_strength=memory_strength)
 
 
 class LongTakeSegmentLoop:

@@ -33,6 +33,7 @@ from .window import Chunk, Window, progressive, replacement
 
 MODES = ("progressive", "rw", "rn")
 STATE_FORMAT = "2"
+MAX_MEMORY_STRENGTH = 2.0
 RECENT_CHUNKS = 6   # finished chunks kept as latents: they span the causal decoder's whole receptive field
 NOISE, WRITE, RENOISE = 0, 1, 2
 
@@ -49,6 +50,10 @@ class SamplerSettings:
     # Clean context chunks are seen noised to this level: it hides their small errors from the model, and at
     # the memory write's own level (0.05 in every LongTake model so far) their pass is also their write.
     context_noise: float = 0.05
+    # The factor on what the denoiser reads from its memory. The demo model, trained with its memory holding
+    # true video, leans on it harder than on the window when the memory holds its own output, and lets its
+    # objects fade; read at half strength they stay (the README's quality table gives the figures).
+    memory_strength: float = 0.5
 
     def check(self) -> None:
         if self.mode not in MODES:
@@ -65,6 +70,9 @@ class SamplerSettings:
             raise ValueError(f"guidance must be 0 or more, got {self.guidance}")
         if not 0 <= self.context_noise < 1:
             raise ValueError(f"context noise must lie in [0, 1), got {self.context_noise}")
+        if not 0 <= self.memory_strength <= MAX_MEMORY_STRENGTH:
+            raise ValueError(f"memory strength must lie in [0, {MAX_MEMORY_STRENGTH:g}] (1 reads the memory as "
+                             f"trained, 0 not at all), got {self.memory_strength}")
 
     def clean_in_front(self) -> int:
         return 1 if self.mode == "progressive" else self.overlap
@@ -150,17 +158,17 @@ class Conditioner:
         if self.settings.guidance != 1:  # conditional and unconditional in one batch
             x, t = torch.cat([x, x]), torch.cat([t, t])
             memory = self._guided_memory()
-        denoiser = self.model.denoiser
+        denoiser, strength = self.model.denoiser, self.settings.memory_strength
         if not (self.reuse_front and front and front < len(indexes) and denoiser.cfg.block_causal):
-            velocity = denoiser(x, t, tokens, bias, memory)
+            velocity = denoiser(x, t, tokens, bias, memory, memory_strength=strength)
         else:
             split = front * frames
             key = tuple(indexes[:front])
             if self._front is None or self._front[0] != key:
                 text = (tokens, bias) if shared else (tokens[:, :front], bias[:, :front])
-                self._front = key, denoiser.prefix(x[:, :, :split], t[:, :split], *text, memory)
+                self._front = key, denoiser.prefix(x[:, :, :split], t[:, :split], *text, memory, strength)
             text = (tokens, bias) if shared else (tokens[:, front:], bias[:, front:])
-            rest = denoiser(x[:, :, split:], t[:, split:], *text, memory, self._front[1])
+            rest = denoiser(x[:, :, split:], t[:, split:], *text, memory, self._front[1], strength)
             velocity = torch.cat([rest.new_zeros(rest.shape[:2] + (split,) + rest.shape[3:]), rest], dim=2)
         if self.settings.guidance == 1:
             return velocity
@@ -200,7 +208,8 @@ class Conditioner:
         tokens, bias = self.conditioning(chunk.index)
         self.memory = self.model.denoiser.write(self.memory, chunk.latents, tokens, bias,
                                                 noise=noise.to(chunk.latents.device, chunk.latents.dtype),
-                                                seen=front[1] if seen else None)
+                                                seen=front[1] if seen else None,
+                                                memory_strength=self.settings.memory_strength)
 
 
 def guide(velocity: torch.Tensor, scale: float) -> torch.Tensor:
@@ -500,7 +509,8 @@ def load_state(path, model: LongTakeModel) -> GenerationState:
     decoder = {k[len("decoder."):]: v for k, v in tensors.items() if k.startswith("decoder.")} or None
     boundary = Boundary(window, memory, decoder, tensors.get("pending"), meta["chunks_done"], meta["frames_done"],
                         tensors.get("recent"), meta.get("skip", 0))
-    return GenerationState(SamplerSettings(**meta["settings"]), boundary, meta["model"])
+    settings = {"memory_strength": 1.0, **meta["settings"]}  # states saved before the setting read at full strength
+    return GenerationState(SamplerSettings(**settings), boundary, meta["model"])
 
 
 def render_mp4(video: LongVideo, path: str | Path, crf: int = 18) -> int:

@@ -116,7 +116,7 @@ def test_a_prefix_run_once_gives_the_rest_of_the_window_the_same_velocity(memory
 
 
 @torch.no_grad()
-def test_a_prefix_is_refused_with_another_memory_state():
+def test_a_prefix_is_refused_with_another_memory_state_or_strength():
     model = randomise(denoiser("malt"))
     x, t, text, bias = denoiser_inputs(model.cfg, chunks=2)
     state = model.initial_state(2)
@@ -125,6 +125,10 @@ def test_a_prefix_is_refused_with_another_memory_state():
     written = {name: value + 1 for name, value in state.items()}
     with pytest.raises(ValueError, match="memory state it was made with"):
         model(x[:, :, split:], t[:, split:], text, bias, written, prefix)
+    with pytest.raises(ValueError, match="memory strength it was made with"):
+        model(x[:, :, split:], t[:, split:], text, bias, state, prefix, memory_strength=0.5)
+    with pytest.raises(ValueError, match="memory strength it was made with"):
+        model.write(state, x[:, :, :split], text, bias, seen=prefix, memory_strength=0.5)
 
 
 def textbook_attention(q, k, v, q_gain, k_gain, mask=None, turn=None):

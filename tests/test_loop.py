@@ -56,6 +56,23 @@ def test_resumed_run_continues_with_exactly_the_same_frames(model, tmp_path, mod
     assert torch.equal(torch.cat([head, rest], dim=1), whole)
 
 
+def test_a_state_saved_before_memory_strength_resumes_at_full_strength(model, tmp_path):
+    import json
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+    from longtake.samplers.loop import load_state
+    video = LongVideo(model, "a red ball", seconds=1, fps=12, settings=SamplerSettings(**FAST), resumable=True)
+    all_frames(video)
+    video.save_state(tmp_path / "state.safetensors")
+    with safe_open(str(tmp_path / "state.safetensors"), "pt") as f:
+        metadata = f.metadata()
+    generation = json.loads(metadata["generation"])
+    assert generation["settings"].pop("memory_strength") == 0.5
+    save_file(load_file(str(tmp_path / "state.safetensors")), str(tmp_path / "older.safetensors"),
+              metadata=dict(metadata, generation=json.dumps(generation)))
+    assert load_state(tmp_path / "older.safetensors", model).settings.memory_strength == 1.0  # what made it
+
+
 def test_drained_end_matches_the_resumable_end(model):
     settings = SamplerSettings(steps=4, window_chunks=2)
     drained = all_frames(LongVideo(model, "a blue square", seconds=1, fps=24, settings=settings))
@@ -201,6 +218,7 @@ def test_prompt_schedule_changes_the_video(model):
     (dict(fps=0), "fps must be positive"),
     (dict(prompts="0: a red ball\nten: a blue ball"), "line 2"),
     (dict(settings=SamplerSettings(mode="bogus")), "not one of progressive, rw, rn"),
+    (dict(settings=SamplerSettings(memory_strength=-0.5)), "memory strength must lie in"),
 ])
 def test_bad_settings_fail_before_any_work(model, kwargs, message):
     calls = []
@@ -243,9 +261,11 @@ def test_cli_generate_resume_and_errors(model, tmp_path, capsys):
     checkpoint = tmp_path / "model.safetensors"
     save_checkpoint(model, checkpoint)
     common = ["--checkpoint", str(checkpoint), "--steps", "4", "--window-chunks", "2", "--fps", "12"]
-    assert main(["generate", "a red ball", "--seconds", "1", "--out", str(tmp_path / "a.mp4"),
-                 "--save-state", str(tmp_path / "s.safetensors"), *common]) == 0
+    assert main(["generate", "a red ball", "--seconds", "1", "--out", str(tmp_path / "a.mp4"), "--memory-strength",
+                 "0.7", "--save-state", str(tmp_path / "s.safetensors"), *common]) == 0
     assert probe(tmp_path / "a.mp4") == (12, 12)
+    from longtake.samplers.loop import load_state
+    assert load_state(tmp_path / "s.safetensors", model).settings.memory_strength == 0.7
     assert main(["generate", "a red ball", "--seconds", "1", "--out", str(tmp_path / "b.mp4"),
                  "--checkpoint", str(checkpoint), "--fps", "12", "--resume", str(tmp_path / "s.safetensors")]) == 0
     assert probe(tmp_path / "b.mp4")[0] == 12
@@ -287,7 +307,7 @@ def test_a_half_precision_model_samples_close_to_float32(model, dtype):
 def test_context_noise_shows_the_model_its_clean_chunks_noised(model, monkeypatch):
     seen = []
     run = model.denoiser._run  # every pass: the window, its reused front, memory writes
-    monkeypatch.setattr(model.denoiser, "_run", lambda x, t, *rest: seen.append(t.clone()) or run(x, t, *rest))
+    monkeypatch.setattr(model.denoiser, "_run", lambda x, t, *rest, **options: seen.append(t.clone()) or run(x, t, *rest, **options))
     settings = SamplerSettings(**FAST, context_noise=0.1)
     noised = all_frames(LongVideo(model, "a red ball", seconds=1, fps=12, settings=settings))
     assert all(bool((t > 0).all()) for t in seen)  # no frame reaches the model at t = 0

@@ -97,3 +97,32 @@ def test_state_is_plain_tensors_that_safetensors_can_hold(tmp_path, mode):
     loaded = load_file(tmp_path / "state.safetensors")
     assert loaded.keys() == state.keys()
     assert all(torch.equal(loaded[k], state[k]) for k in state)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("mode", ["malt", "lstm"])
+def test_memory_strength_scales_every_read_and_zero_reads_nothing(mode):
+    model = randomise(denoiser(mode))
+    shut = denoiser(mode)
+    shut.load_state_dict(model.state_dict())
+    for name, p in shut.named_parameters():
+        if name.endswith("gate") and ("malt" in name or "lstm" in name):
+            p.zero_()
+    x, t, text, bias = denoiser_inputs(model.cfg, chunks=2)
+    noise = chunk_of(model.cfg, 99)
+
+    def written(net, strength):
+        state = net.initial_state(2)
+        for seed in (1, 2, 3):
+            state = net.write(state, chunk_of(model.cfg, seed), text, bias, noise=noise, memory_strength=strength)
+        return state
+
+    state = written(model, 1.0)
+    full = model(x, t, text, bias, state)
+    assert torch.equal(model(x, t, text, bias, state, memory_strength=1.0), full)
+    # At 0 neither the window's passes nor the write passes read anything: the model with its read gates shut.
+    assert torch.allclose(model(x, t, text, bias, written(model, 0.0), memory_strength=0.0),
+                          shut(x, t, text, bias, written(shut, 1.0)), atol=1e-6, rtol=0)
+    half = model(x, t, text, bias, state, memory_strength=0.5)
+    assert (half - full).abs().max() > 1e-3
+    assert (half - model(x, t, text, bias, state, memory_strength=0.0)).abs().max() > 1e-3

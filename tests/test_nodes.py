@@ -2,6 +2,7 @@
 real tensors, and every shipped workflow checked against the nodes and run through them in-process."""
 import importlib.util
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +46,7 @@ def run(node_id, **inputs):
     cls = NODE_CLASS_MAPPINGS[node_id]
     if hasattr(cls, "VALIDATE_INPUTS"):
         names = cls.VALIDATE_INPUTS.__code__.co_varnames[1:cls.VALIDATE_INPUTS.__code__.co_argcount]
-        verdict = cls.VALIDATE_INPUTS(**{k: inputs[k] for k in names})
+        verdict = cls.VALIDATE_INPUTS(**{k: inputs[k] for k in names if k in inputs})  # as ComfyUI calls it
         assert verdict is True, verdict
     result = getattr(cls(), cls.FUNCTION)(**inputs)
     return result["result"] if isinstance(result, dict) else result
@@ -75,6 +76,14 @@ def test_every_input_has_a_tooltip_and_every_number_a_range(node_id):
             if kind in ("INT", "FLOAT"):
                 assert {"min", "max", "step"} <= set(options[0]) or "control_after_generate" in options[0], name
                 assert options[0]["min"] <= options[0]["default"] <= options[0]["max"]
+
+
+def test_the_sampler_node_defaults_are_the_librarys():
+    inputs = NODE_CLASS_MAPPINGS["LongTakeProgressiveSampler"].INPUT_TYPES()
+    defaults = {name: options[0]["default"] for group in inputs.values() for name, (_, *options) in group.items()}
+    library = asdict(SamplerSettings())
+    assert defaults == {name: library[name] for name in defaults}
+    assert NODE_CLASS_MAPPINGS["LongTakeProgressiveSampler"]().settings(**defaults)[0] == SamplerSettings()
 
 
 def test_bad_values_get_messages_an_artist_understands(comfy_env, tmp_path):
