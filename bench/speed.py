@@ -60,16 +60,16 @@ class DenoiserMeter:
         self.seconds = 0.0
         model.denoiser._run = self._timed
 
-    def _timed(self, x, t, text, text_bias, state, prefix=None):
+    def _timed(self, x, t, text, text_bias, state, prefix=None, memory_strength=1.0):
         _sync(self.device)
         started = time.perf_counter()
-        result = self.original(x, t, text, text_bias, state, prefix)
+        result = self.original(x, t, text, text_bias, state, prefix, memory_strength)
         _sync(self.device)
         self.seconds += time.perf_counter() - started
         key = (tuple(x.shape), tuple(text.shape), None if prefix is None else prefix.frames)
         if key not in self.examples:  # a prefix is never changed once made, so it is kept as it is
             self.examples[key] = (x.clone(), t.clone(), text.clone(), text_bias.clone(),
-                                  {k: v.clone() for k, v in state.items()}, prefix)
+                                  {k: v.clone() for k, v in state.items()}, prefix, memory_strength)
         self.calls[key] += 1
         return result
 
