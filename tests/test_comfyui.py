@@ -117,6 +117,11 @@ def test_every_api_workflow_makes_its_mp4(server):
         saved = result["outputs"][decode]["images"][0]
         frames, fps = probe(base / "output" / saved["subfolder"] / saved["filename"])
         assert (frames, fps) == (EXPECTED_FRAMES[name], 24), name
+    # A workflow written before the sampler's optional memory_strength input still runs.
+    graph = json.loads((ROOT / "workflows" / "api" / "extend_video.json").read_text())
+    sampler = next(n for n in graph.values() if n["class_type"] == "LongTakeProgressiveSampler")
+    del sampler["inputs"]["memory_strength"]
+    assert queue(url, graph)["status"]["status_str"] == "success"
 
 
 def test_ui_workflows_load_in_the_real_frontend(server):
