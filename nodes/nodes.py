@@ -18,7 +18,8 @@ from . import comfy
 BUNDLED = "demo (bundled)"
 CATEGORY = "LongTake"
 MAX_SEED = 0xFFFFFFFFFFFFFFFF
-MEMORY_STRENGTH = 0.5  # SamplerSettings' default (a test holds them equal); here without importing torch
+# SamplerSettings' default and samplers.loop.MAX_MEMORY_STRENGTH (a test holds them equal), without importing torch
+MEMORY_STRENGTH, MAX_MEMORY_STRENGTH = 0.5, 2.0
 
 
 @dataclass
@@ -190,7 +191,7 @@ class LongTakeProgressiveSampler:
                              "tooltip": "Random seed: the same seed and settings give the same video."}),
         }, "optional": {  # optional, so that API workflows written before it still run
             "memory_strength": ("FLOAT", {
-                "default": MEMORY_STRENGTH, "min": 0.0, "max": 2.0, "step": 0.05,
+                "default": MEMORY_STRENGTH, "min": 0.0, "max": MAX_MEMORY_STRENGTH, "step": 0.05,
                 "tooltip": "How much the model reads from its memory of what left the view: 1 as trained, 0 not "
                            "at all. The demo model keeps its objects best at 0.5."}),
         }}

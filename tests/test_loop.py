@@ -1,5 +1,6 @@
 """The long-video loop end to end on a small random model: frames, mp4s, resume, cancel, memory."""
 import gc
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -332,6 +333,22 @@ def test_reusing_the_clean_front_chunks_changes_no_frame(memory, mode, context_n
     monkeypatch.setattr(Conditioner, "reuse_front", False)
     recomputed = all_frames(LongVideo(model, prompts, seconds=2, fps=12, settings=settings))
     assert (reused - recomputed).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("mode, context_noise", [("progressive", 0.0), ("progressive", 0.05), ("rn", 0.0)])
+def test_memory_strength_zero_makes_the_frames_of_the_model_with_its_reads_shut(model, mode, context_noise):
+    """Every pass a video makes, the writes among them, reads the memory at the sampler's strength (0.05 is
+    the write noise: the front chunk's pass then serves as its write)."""
+    shut = fresh_model()
+    with torch.no_grad():
+        for name, p in shut.denoiser.named_parameters():
+            if name.endswith("read_gate"):
+                p.zero_()
+    settings = SamplerSettings(mode=mode, steps=4, window_chunks=2, context_noise=context_noise)
+    unread = all_frames(LongVideo(model, "a red ball", seconds=2, fps=12,
+                                  settings=replace(settings, memory_strength=0.0)))
+    assert (unread - all_frames(LongVideo(shut, "a red ball", seconds=2, fps=12, settings=settings))).abs().max() <= 1e-5
+    assert (unread - all_frames(LongVideo(model, "a red ball", seconds=2, fps=12, settings=settings))).abs().max() > 1e-3
 
 
 @pytest.fixture()

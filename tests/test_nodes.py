@@ -14,6 +14,7 @@ from longtake import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 from longtake.memory import LongTakeModel, save_checkpoint
 from longtake.nodes import comfy, nodes
 from longtake.samplers import LongVideo, SamplerSettings
+from longtake.samplers.loop import MAX_MEMORY_STRENGTH
 from longtake.samplers.video import probe
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,7 +47,8 @@ def run(node_id, **inputs):
     cls = NODE_CLASS_MAPPINGS[node_id]
     if hasattr(cls, "VALIDATE_INPUTS"):
         names = cls.VALIDATE_INPUTS.__code__.co_varnames[1:cls.VALIDATE_INPUTS.__code__.co_argcount]
-        verdict = cls.VALIDATE_INPUTS(**{k: inputs[k] for k in names if k in inputs})  # as ComfyUI calls it
+        optional = cls.INPUT_TYPES().get("optional", {})  # ComfyUI leaves out optional inputs it was not given
+        verdict = cls.VALIDATE_INPUTS(**{k: inputs[k] for k in names if k in inputs or k not in optional})
         assert verdict is True, verdict
     result = getattr(cls(), cls.FUNCTION)(**inputs)
     return result["result"] if isinstance(result, dict) else result
@@ -83,7 +85,14 @@ def test_the_sampler_node_defaults_are_the_librarys():
     defaults = {name: options[0]["default"] for group in inputs.values() for name, (_, *options) in group.items()}
     library = asdict(SamplerSettings())
     assert defaults == {name: library[name] for name in defaults}
-    assert NODE_CLASS_MAPPINGS["LongTakeProgressiveSampler"]().settings(**defaults)[0] == SamplerSettings()
+    assert inputs["optional"]["memory_strength"][1]["max"] == MAX_MEMORY_STRENGTH
+    sampler = NODE_CLASS_MAPPINGS["LongTakeProgressiveSampler"]
+    assert sampler().settings(**defaults)[0] == SamplerSettings()
+    # A workflow written before the optional input: validated and run without it, at the library's default.
+    del defaults["memory_strength"]
+    assert sampler.VALIDATE_INPUTS(**defaults) is True
+    assert sampler().settings(**defaults)[0] == SamplerSettings()
+    assert "memory_strength is 3.0" in sampler.VALIDATE_INPUTS(**defaults, memory_strength=3.0)
 
 
 def test_bad_values_get_messages_an_artist_understands(comfy_env, tmp_path):

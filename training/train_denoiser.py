@@ -192,7 +192,8 @@ class WindowLoss(torch.nn.Module):
         that only ever saw true fronts copies such errors forward and they pile up (objects fade, the scene
         drifts). Shown its own chunks with the true continuation as the target, it learns to repair them.
         One step from a low level is the cheapest such chunk; many steps from pure noise at the sampler's
-        guidance are the chunks sampling really shows it. Rows at level 0 keep the truth."""
+        guidance are the chunks sampling really shows it. Rows at level 0 keep the truth. The memory is read at
+        full strength, as everywhere in training: the sampler's `memory_strength` corrects a trained model."""
         denoiser, batch, frames = self.model.denoiser, front.shape[0], front.shape[2]
         s = levels[:, None, None, None, None]
         x = (1 - s) * front + s * torch.randn_like(front)
