@@ -47,3 +47,16 @@ def text_encoder(width=32) -> TextEncoder:
 def denoiser(memory="none", seed=0, **changes) -> Denoiser:
     torch.manual_seed(seed)
     return Denoiser(small_denoiser_config(memory=memory, **changes)).eval()
+
+
+def read_gates(denoiser: Denoiser) -> list[torch.nn.Parameter]:
+    """The gates through which the memory's reads enter the window (MALT's and the LSTM's)."""
+    return [p for name, p in denoiser.named_parameters() if name.endswith(("malt.read_gate", "lstm.gate"))]
+
+
+@torch.no_grad()
+def shut_reads(denoiser: Denoiser) -> Denoiser:
+    """The denoiser with its memory read gates at zero: it reads nothing from its memory."""
+    for gate in read_gates(denoiser):
+        gate.zero_()
+    return denoiser

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import randomise, small_model_config
+from helpers import randomise, shut_reads, small_model_config
 from longtake.memory import LongTakeModel, save_checkpoint
 from longtake.samplers import LongVideo, PromptSchedule, SamplerSettings, ScheduleError, render_mp4
 from longtake.samplers.video import Mp4Writer, probe
@@ -340,10 +340,7 @@ def test_memory_strength_zero_makes_the_frames_of_the_model_with_its_reads_shut(
     """Every pass a video makes, the writes among them, reads the memory at the sampler's strength (0.05 is
     the write noise: the front chunk's pass then serves as its write)."""
     shut = fresh_model()
-    with torch.no_grad():
-        for name, p in shut.denoiser.named_parameters():
-            if name.endswith("read_gate"):
-                p.zero_()
+    shut_reads(shut.denoiser)
     settings = SamplerSettings(mode=mode, steps=4, window_chunks=2, context_noise=context_noise)
     unread = all_frames(LongVideo(model, "a red ball", seconds=2, fps=12,
                                   settings=replace(settings, memory_strength=0.0)))

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from helpers import denoiser, denoiser_inputs, randomise
+from helpers import denoiser, denoiser_inputs, randomise, read_gates, shut_reads
 
 
 def chunk_of(cfg, seed):
@@ -46,9 +46,7 @@ def test_untrained_memory_reads_nothing_with_a_trained_backbone(mode):
     plain = randomise(denoiser("none"))
     with_memory = denoiser(mode)
     with_memory.load_state_dict(plain.state_dict(), strict=False)
-    for name, p in with_memory.named_parameters():
-        if name.endswith("gate") and ("malt" in name or "lstm" in name):
-            assert torch.all(p == 0), name
+    assert read_gates(with_memory) and all(torch.all(p == 0) for p in read_gates(with_memory))
     state = with_memory.initial_state(2)
     x, t, text, bias = denoiser_inputs(plain.cfg, chunks=3)
     for seed in range(3):  # even a written memory is unread while the read gates are shut
@@ -105,9 +103,7 @@ def test_memory_strength_scales_every_read_and_zero_reads_nothing(mode):
     model = randomise(denoiser(mode))
     shut = denoiser(mode)
     shut.load_state_dict(model.state_dict())
-    for name, p in shut.named_parameters():
-        if name.endswith("gate") and ("malt" in name or "lstm" in name):
-            p.zero_()
+    shut_reads(shut)
     x, t, text, bias = denoiser_inputs(model.cfg, chunks=2)
     noise = chunk_of(model.cfg, 99)
 
