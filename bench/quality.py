@@ -62,6 +62,9 @@ MEASURES = {  # name: (table heading, unit the criterion counts)
     "single_scene": ("single scene", "videos"),
     "occlusion": ("color through occlusion", "events"),
 }
+# Extra seeds for the occlusion measure alone step by this much, so that with prompt i at seed + i they never
+# meet the table's own seeds of any of its prompts.
+OCCLUSION_SEED_STRIDE = 100
 START_SECONDS, CONTINUE_SECONDS = 2.0, 10.0  # continuation: the world's start, and how long to go on from it
 KEPT_AREA = (0.5, 2.0)  # an object is kept when its area in the last clip lies within these times the world's
 FAST_PROMPTS, FAST_SECONDS = 2, 4.0
@@ -315,9 +318,32 @@ def table(report: dict) -> str:
     settings = report["settings"]
     lines.append(f"\n{len(report['prompts'])} prompts x {report['seconds']:g} s, seeds from {report['seed']}; "
                  + ", ".join(f"{k} {v}" for k, v in settings.items()))
+    more_seeds = occlusion_seeds_table(report)
+    if more_seeds:
+        lines += ["", more_seeds]
     continuation = continuation_table(report)
     if continuation:
         lines += ["", continuation]
+    return "\n".join(lines)
+
+
+def occlusion_seeds_table(report: dict) -> str:
+    """Markdown: color through occlusion pooled over the table's seed and the extra ones, per row."""
+    pooled = {key: run["occlusion_seeds"] for key, run in report["runs"].items() if "occlusion_seeds" in run}
+    if not pooled:
+        return ""
+    seeds = ", ".join(map(str, next(iter(pooled.values()))["seeds"]))
+    lines = [f"Color through occlusion on the occlusion prompts with seeds {seeds} (prompt i at seed + i; the first "
+             "is the table's own):", "", f"| sampler | memory | color through occlusion (>= {CRITERIA['occlusion']:.0%} "
+             "events) |", "|---|---|---|"]
+    for key, result in pooled.items():
+        run = report["runs"][key]
+        if result["share"] is None:
+            cell = "n/a (no events)"
+        else:
+            verdict = "PASS" if result["share"] >= CRITERIA["occlusion"] else "FAIL"
+            cell = f"{result['share']:.1%} {verdict} ({result['kept']} of {result['count']} events)"
+        lines.append(f"| {run['sampler']} | {'on' if run['memory'] else 'off'} | {cell} |")
     return "\n".join(lines)
 
 
@@ -440,11 +466,14 @@ def continue_world(model, prompts: list[str], checks: list[Checks], base, sample
 # ----- the run -----
 def run_quality(checkpoint: str | Path, out_dir: Path, seconds: float = 60, prompts: list[str] | None = None,
                 samplers=SAMPLERS, steps: int | None = None, seed: int = 0, guidance: float | None = None,
-                memory_strength: float | None = None, progress: Callable[[str], None] = print, device: str = "cpu") -> dict:
+                memory_strength: float | None = None, occlusion_seeds: int = 0, progress: Callable[[str], None] = print,
+                device: str = "cpu") -> dict:
     """Generate every prompt with every sampler (and progressive with memory off on occlusion prompts),
     measure, and write the mp4s, quality.json, table.md and one PNG per measure into `out_dir`.
 
     Prompt `i` uses seed `seed + i` with every sampler, so the samplers differ only in how they sample.
+    `occlusion_seeds`: that many more seeds (`seed + 100 k`) for the occlusion prompts, every row, counted
+    for the occlusion measure alone: a seed's few events say little.
     """
     import torch
     from ..memory import load_checkpoint
@@ -464,6 +493,8 @@ def run_quality(checkpoint: str | Path, out_dir: Path, seconds: float = 60, prom
         raise ValueError(f"seconds must be at least one {CLIP_SECONDS:g} s clip, got {seconds:g}")
     if not samplers:
         raise ValueError(f"give at least one sampler of {', '.join(SAMPLERS)}")
+    if occlusion_seeds < 0:
+        raise ValueError(f"occlusion seeds must be 0 or more, got {occlusion_seeds}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     overrides = {"steps": steps, "guidance": guidance, "memory_strength": memory_strength}
@@ -482,25 +513,41 @@ def run_quality(checkpoint: str | Path, out_dir: Path, seconds: float = 60, prom
     shared = {k: v for k, v in asdict(base).items() if k not in ("mode", "seed")}
     report = dict(checkpoint=str(checkpoint), seconds=seconds, fps=fps, seed=seed, settings=shared,
                   prompts=prompts, criteria=CRITERIA, constants=constants, runs={})
+    def made(mode: str, memory: bool, video_seed: int, prompt: str, path: Path) -> int:
+        """Renders one video; returns the frames the denoiser sees at once, beyond which an object hidden can
+        only come back through memory."""
+        settings = replace(base, mode=mode, seed=video_seed)
+        started = time.monotonic()
+        with torch.no_grad():
+            render_mp4(LongVideo(model, PromptSchedule.single(prompt), seconds, fps, settings, use_memory=memory), path)
+        progress(f"{path.stem} ({time.monotonic() - started:.1f} s): {prompt}")
+        return (settings.clean_in_front() + settings.window_chunks) * model.config.frames_per_chunk
+
     for mode, memory in runs:
         key = mode if memory else f"{mode}-memory-off"
         videos = []
         for i, (prompt, check) in enumerate(zip(prompts, checks)):
             if not memory and check.occlusion is None:
                 continue
-            settings = replace(base, mode=mode, seed=seed + i)
-            # Frames the denoiser sees at once: an object hidden longer can only come back through memory.
-            window = (settings.clean_in_front() + settings.window_chunks) * model.config.frames_per_chunk
             path = out_dir / f"{key}-{i:02d}.mp4"
-            started = time.monotonic()
-            with torch.no_grad():
-                render_mp4(LongVideo(model, PromptSchedule.single(prompt), seconds, fps, settings,
-                                     use_memory=memory), path)
-            video = dict(prompt=prompt, seed=seed + i, window_frames=window, **measure_video(path, check, fps, window))
-            videos.append(video)
-            progress(f"{key} {i + 1}/{len(prompts)} ({time.monotonic() - started:.1f} s): {prompt}")
+            window = made(mode, memory, seed + i, prompt, path)
+            videos.append(dict(prompt=prompt, seed=seed + i, window_frames=window,
+                               **measure_video(path, check, fps, window)))
         report["runs"][key] = dict(sampler=mode, memory=memory, summary=summarise(videos),
                                    timelines=timelines(videos, round(CLIP_SECONDS * fps)), videos=videos)
+        if occlusion_seeds and any(c.occlusion for c in checks):
+            events = [e for v in videos for e in v["occlusion"] or []]
+            extra = [seed + OCCLUSION_SEED_STRIDE * k for k in range(1, occlusion_seeds + 1)]
+            for first in extra:
+                for i, (prompt, check) in enumerate(zip(prompts, checks)):
+                    if check.occlusion is not None:
+                        path = out_dir / f"{key}-seed{first}-{i:02d}.mp4"
+                        window = made(mode, memory, first + i, prompt, path)
+                        events += occlusion_events(features(mp4_frames(path)).nearest, *check.occlusion,
+                                                   longer_than=window, span=round(COLOR_SECONDS * fps))
+            report["runs"][key]["occlusion_seeds"] = dict(
+                seeds=[seed, *extra], kept=sum(e["same"] for e in events), count=len(events),
+                share=share([e["same"] for e in events]), events=events)
     # The same measures on the demo world's own videos of the prompts (what a perfect model would score),
     # and on those videos through the model's VAE (what a perfect denoiser would score with this VAE).
     window = replace(base, mode="progressive").clean_in_front() + base.window_chunks
@@ -545,6 +592,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the sampler's default)")
     parser.add_argument("--memory-strength", type=float,
                         help="factor on what the model reads from memory (default: the sampler's default)")
+    parser.add_argument("--occlusion-seeds", type=int, default=0,
+                        help="this many more seeds (seed + 100, + 200, ...) for the occlusion prompts, every row, "
+                             "pooled for color through occlusion alone, whose events are few per seed (default 0)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: all cores)")
     parser.add_argument("--fast", action="store_true", help=f"a smoke run: the first {FAST_PROMPTS} prompts, "
@@ -561,7 +611,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         prompts, seconds = prompts[:FAST_PROMPTS], FAST_SECONDS
     out = Path(args.out)
     report = run_quality(args.checkpoint, out, seconds, prompts, tuple(args.samplers), args.steps, args.seed,
-                         args.guidance, args.memory_strength, device=args.device)
+                         args.guidance, args.memory_strength, args.occlusion_seeds, device=args.device)
     print(table(report))
     print(f"\nraw numbers in {out / 'quality.json'}; plots and mp4s in {out}")
     return 0

@@ -67,9 +67,11 @@ class DenoiserMeter:
         _sync(self.device)
         self.seconds += time.perf_counter() - started
         key = (tuple(x.shape), tuple(text.shape), None if prefix is None else prefix.frames)
-        if key not in self.examples:  # a prefix is never changed once made, so it is kept as it is
-            self.examples[key] = (x.clone(), t.clone(), text.clone(), text_bias.clone(),
-                                  {k: v.clone() for k, v in state.items()}, prefix, memory_strength)
+        if key not in self.examples:
+            # Text, memory and a prefix are never changed in place once made, so they are kept as they are:
+            # a pass timed again then finds the very tensors its prefix was made with, as the sampler's do,
+            # instead of comparing copies element by element.
+            self.examples[key] = (x.clone(), t.clone(), text, text_bias, state, prefix, memory_strength)
         self.calls[key] += 1
         return result
 

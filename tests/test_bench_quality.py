@@ -133,10 +133,12 @@ def test_fast_run_end_to_end_writes_table_json_plots_and_videos(tmp_path, capsys
     config = config.replace(text=dataclasses.replace(config.text, vocab=VOCAB))  # knows the prompts' words
     save_checkpoint(randomise(LongTakeModel(config), scale=0.15).eval(), tmp_path / "tiny.safetensors")
     out = tmp_path / "out"
-    assert q.main([str(tmp_path / "tiny.safetensors"), "--out", str(out), "--fast", "--guidance", "5"]) == 0
+    assert q.main([str(tmp_path / "tiny.safetensors"), "--out", str(out), "--fast", "--guidance", "5",
+                   "--occlusion-seeds", "1"]) == 0
 
     printed = capsys.readouterr().out
     main_table, continuation = printed.split("Continuing the demo world")
+    main_table, more_seeds = main_table.split("Color through occlusion on the occlusion prompts with seeds 0, 100")
     rows = [line for line in main_table.splitlines() if line.startswith("| ") and "sampler" not in line]
     assert [row.split(" | ")[:2] for row in rows] == [["| progressive", "on"], ["| rw", "on"], ["| rn", "on"],
                                                        ["| progressive", "off"], ["| world", "-"], ["| vae", "-"]]
@@ -161,7 +163,22 @@ def test_fast_run_end_to_end_writes_table_json_plots_and_videos(tmp_path, capsys
             assert (out / video["mp4"]).is_file()
     for name in ("background", "object_colors", "motion", "scene_cuts", "occlusion"):
         assert (out / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The occlusion prompt again at seed 100 + 1 in every sampled row, its events pooled with the table's own.
+    assert [row.split(" | ")[:2] for row in more_seeds.splitlines() if row.startswith("| ") and "sampler" not in row] \
+        == [["| progressive", "on"], ["| rw", "on"], ["| rn", "on"], ["| progressive", "off"]]
+    for key in ("progressive", "rw", "rn", "progressive-memory-off"):
+        pooled, own = report["runs"][key]["occlusion_seeds"], report["runs"][key]["videos"][-1]["occlusion"]
+        assert pooled["seeds"] == [0, 100] and (out / f"{key}-seed100-01.mp4").is_file()
+        assert pooled["events"][:len(own)] == own and pooled["count"] == len(pooled["events"])
+        assert pooled["kept"] == sum(e["same"] for e in pooled["events"])
+    assert "occlusion_seeds" not in report["runs"]["world"]
     for mode in ("progressive", "rw", "rn", "vae"):
         (red,) = report["continuation"][mode]["objects"]
         assert red["color"] == "red" and len(red["area_ratio"]) == 2  # 4 s: two clips
         assert (out / f"continue-{mode}-00.mp4").is_file()
+
+
+def test_a_negative_count_of_occlusion_seeds_is_refused_before_any_work(tmp_path):
+    with pytest.raises(ValueError, match="occlusion seeds must be 0 or more, got -1"):
+        q.run_quality(tmp_path / "not-loaded.safetensors", tmp_path / "out", occlusion_seeds=-1)
+    assert not (tmp_path / "out").exists()
