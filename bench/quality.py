@@ -513,6 +513,7 @@ def run_quality(checkpoint: str | Path, out_dir: Path, seconds: float = 60, prom
     shared = {k: v for k, v in asdict(base).items() if k not in ("mode", "seed")}
     report = dict(checkpoint=str(checkpoint), seconds=seconds, fps=fps, seed=seed, settings=shared,
                   prompts=prompts, criteria=CRITERIA, constants=constants, runs={})
+
     def made(mode: str, memory: bool, video_seed: int, prompt: str, path: Path) -> int:
         """Renders one video; returns the frames the denoiser sees at once, beyond which an object hidden can
         only come back through memory."""
