@@ -83,9 +83,9 @@ def block_causal_bias(chunks: int, prefix_chunks: int, tokens_per_chunk: int, de
     return torch.zeros(allowed.shape, device=device, dtype=dtype).masked_fill(~allowed, -math.inf)
 
 
-def same(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Equal tensors; the identity check first spares a device sync when they are one tensor."""
-    return a is b or (a.shape == b.shape and torch.equal(a, b))
+def same(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
+    """Equal tensors (or both None); the identity check first spares a device sync when they are one tensor."""
+    return a is b or (a is not None and b is not None and a.shape == b.shape and torch.equal(a, b))
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -277,11 +277,12 @@ class Block(nn.Module):
             x = x + read
 
         if text.dim() == 3:  # one prompt for the whole window: all tokens read it in one attention
-            queries, text_mask = self.norm2(x).reshape(batch, frames * positions, width), text_bias[:, None, None, :]
+            queries = self.norm2(x).reshape(batch, frames * positions, width)
+            text_mask = None if text_bias is None else text_bias[:, None, None, :].to(x.dtype)
         else:  # each chunk's tokens read that chunk's own prompt, so prompts can change from chunk to chunk
-            queries, text_mask = self.norm2(x).reshape(batch, text.shape[1], -1, width), text_bias[:, :, None, None, :]
-        read, text_keys_values = self.cross(queries, text, mask=text_mask.to(x.dtype),
-                                            context_keys_values=text_keys_values)
+            queries = self.norm2(x).reshape(batch, text.shape[1], -1, width)
+            text_mask = None if text_bias is None else text_bias[:, :, None, None, :].to(x.dtype)
+        read, text_keys_values = self.cross(queries, text, mask=text_mask, context_keys_values=text_keys_values)
         x = x + read.view_as(x)
 
         h = self.mlp(modulate(self.norm3(x), shift2, scale2))
@@ -383,8 +384,11 @@ class Denoiser(nn.Module):
         tokens = rearrange(x, "b c t (h p) (w q) -> b t (h w) (c p q)", p=cfg.patch, q=cfg.patch)
         h = self.patch_in(tokens) + self.spatial_position
 
-        weights = torch.softmax(text_bias.float(), dim=-1)[..., None].to(dtype)
-        pooled = self.text_pool((weights * text).sum(-2))
+        if text_bias is None:
+            pooled = self.text_pool(text.mean(-2))
+        else:
+            weights = torch.softmax(text_bias.float(), dim=-1)[..., None].to(dtype)
+            pooled = self.text_pool((weights * text).sum(-2))
         if text.dim() == 3:  # one prompt for the whole window
             pooled = pooled[:, None].expand(-1, chunks, -1)
         cond = self.time_mlp(timestep_embedding(t, 256).to(h.dtype)) + pooled.repeat_interleave(cfg.chunk_frames, dim=1)
@@ -429,7 +433,9 @@ class Denoiser(nn.Module):
                 memory_strength: float = 1.0) -> torch.Tensor:
         """Velocity for the window `x [B, C, T, H, W]` at per-frame times `t [B, T]`.
 
-        `text`/`text_bias`: `[B, L, Dt]`/`[B, L]` for one prompt, or `[B, N, L, Dt]`/`[B, N, L]` per chunk.
+        `text`/`text_bias`: `[B, L, Dt]`/`[B, L]` for one prompt, or `[B, N, L, Dt]`/`[B, N, L]` per chunk;
+        `text_bias` None when every token is real in every row (no padding, no blend), which spares the
+        attention its mask.
         `state`: the memory, as from `initial_state` or `write`; it is only read here.
         `prefix`: the window's first chunks, run once by `prefix`; `x` is then the rest of the window.
         `memory_strength`: the factor on what every layer's memory read adds (1: as trained, 0: nothing).

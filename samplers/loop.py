@@ -178,17 +178,26 @@ class Conditioner:
     # hands the denoiser the very tensors its prefix was made with (it reuses their keys and values then).
     def _guided_text(self, conditioning):
         """One prompt's tokens `[B, L, D]` and bias `[B, L]`, with the null prompt as the second half under
-        guidance."""
+        guidance; the bias is None when no row has padding (the denoiser's attention then needs no mask)."""
         if self._text is None or self._text[0] is not conditioning:
             tokens, bias = self._guided_text_per_chunk([conditioning])
-            self._text = conditioning, (tokens[:, 0], bias[:, 0])
+            tokens, bias = tokens[:, 0], bias[:, 0]
+            self._text = conditioning, (tokens, None if not bias.any() else bias)
         return self._text[1]
 
     def _guided_text_per_chunk(self, conditionings):
         tokens, bias = stack(conditionings)
         if self.settings.guidance == 1:
             return tokens, bias
-        null_tokens, null_bias = stack([self.null] * len(conditionings), length=tokens.shape[2])
+        count, length = len(conditionings), tokens.shape[2]
+        null_tokens, null_bias = self.null
+        if null_tokens.shape[1] == 1:
+            # A single token read L times reads as itself alone (the same key and value everywhere), so the
+            # null prompt fills the prompt's length without padding.
+            null_tokens = null_tokens[:, None].expand(-1, count, length, -1)
+            null_bias = null_bias[:, None].expand(-1, count, length)
+        else:
+            null_tokens, null_bias = stack([self.null] * count, length=length)
         return torch.cat([tokens, null_tokens]), torch.cat([bias, null_bias])
 
     def _guided_memory(self):

@@ -85,6 +85,21 @@ def test_each_chunk_reads_its_own_prompt(model):
     assert (changed[:, :, second] - same[:, :, second]).abs().max() > 1e-3
 
 
+@torch.no_grad()
+def test_no_text_bias_reads_every_token_as_a_zero_bias_does():
+    model = randomise(denoiser("malt"))
+    x, t, text, _ = denoiser_inputs(model.cfg, chunks=2)
+    state = model.initial_state(2)
+    for text_input in (text, text[:, None].repeat(1, 2, 1, 1)):  # one prompt, and a prompt per chunk
+        zeros = torch.zeros(text_input.shape[:-1])
+        torch.testing.assert_close(model(x, t, text_input, None, state), model(x, t, text_input, zeros, state),
+                                   atol=1e-5, rtol=1e-5)
+    # ...and the padding a bias hides is read without one.
+    padded = torch.cat([text, torch.randn_like(text[:, :2])], dim=1)
+    hidden = torch.cat([torch.zeros(2, text.shape[1]), torch.full((2, 2), float("-inf"))], dim=1)
+    assert (model(x, t, padded, None, state) - model(x, t, padded, hidden, state)).abs().max() > 1e-3
+
+
 def test_bad_window_shapes_are_named(model):
     x, t, text, bias = denoiser_inputs(model.cfg, chunks=2)
     with pytest.raises(ValueError, match="multiple of the chunk"):

@@ -335,6 +335,45 @@ def test_reusing_the_clean_front_chunks_changes_no_frame(memory, mode, context_n
     assert (reused - recomputed).abs().max() <= 1e-5
 
 
+def test_the_null_prompt_fills_the_prompts_length_without_a_mask_and_changes_no_velocity(monkeypatch):
+    """Guidance's null prompt is one token, and one token read L times reads as itself alone: it fills the
+    prompt's length without padding, so a window of one prompt runs with no attention mask. Every pass gives
+    the velocity it gave with the null prompt padded and masked (to the float32 the velocity comes in)."""
+    from longtake.samplers import loop
+    torch.manual_seed(0)
+    model = randomise(LongTakeModel(small_model_config("malt")), scale=0.15).eval().double()
+    cfg = model.config.denoiser
+    # One prompt, then a prompt per chunk while the second blends in (a bias then), then one prompt again.
+    prompts = "0: a red ball bouncing\n1: a blue square"
+    x = torch.randn(1, cfg.latent_channels, 3 * cfg.chunk_frames, cfg.latent_size, cfg.latent_size)
+    t = torch.tensor([0.0, 0.5, 0.9]).repeat_interleave(cfg.chunk_frames)[None]  # a clean front, two noisy chunks
+
+    def padded(self, conditionings):  # as it was: the null prompt's token, then padding the mask hides
+        tokens, bias = loop.stack(conditionings)
+        null_tokens, null_bias = loop.stack([self.null] * len(conditionings), length=tokens.shape[2])
+        return torch.cat([tokens, null_tokens]), torch.cat([bias, null_bias])
+
+    def velocities(indexes):
+        biases = []
+        hook = model.denoiser.register_forward_hook(lambda m, args, out: biases.append(args[3]))
+        try:
+            video = LongVideo(model, prompts, seconds=4, fps=12, settings=SamplerSettings(steps=4, window_chunks=2))
+            return video.conditioner.denoise(x, t, indexes), biases
+        finally:
+            hook.remove()
+
+    masks = set()
+    for indexes in ([0, 1, 2], [1, 2, 3], [4, 5, 6]):
+        unmasked, biases = velocities(indexes)
+        masks.add(biases[0] is None)
+        with monkeypatch.context() as patch:
+            patch.setattr(loop.Conditioner, "_guided_text_per_chunk", padded)
+            masked, biases = velocities(indexes)
+        assert biases[0] is not None
+        assert (unmasked - masked).abs().max() <= 1e-6 * masked.abs().max()
+    assert masks == {True, False}  # windows of one prompt ran without a mask, blending ones with it
+
+
 @pytest.mark.parametrize("mode, context_noise", [("progressive", 0.0), ("progressive", 0.05), ("rn", 0.0)])
 def test_memory_strength_zero_makes_the_frames_of_the_model_with_its_reads_shut(model, mode, context_noise):
     """Every pass a video makes, the writes among them, reads the memory at the sampler's strength (0.05 is
