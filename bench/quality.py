@@ -62,8 +62,8 @@ MEASURES = {  # name: (table heading, unit the criterion counts)
     "single_scene": ("single scene", "videos"),
     "occlusion": ("color through occlusion", "events"),
 }
-# Extra seeds for the occlusion measure alone step by this much, so that with prompt i at seed + i they never
-# meet the table's own seeds of any of its prompts.
+# Extra seeds for the occlusion measure alone step by this much (by a multiple of it for more prompts), so that
+# with prompt i at seed + i they never meet the table's own seeds of any of its prompts.
 OCCLUSION_SEED_STRIDE = 100
 START_SECONDS, CONTINUE_SECONDS = 2.0, 10.0  # continuation: the world's start, and how long to go on from it
 KEPT_AREA = (0.5, 2.0)  # an object is kept when its area in the last clip lies within these times the world's
@@ -536,16 +536,18 @@ def run_quality(checkpoint: str | Path, out_dir: Path, seconds: float = 60, prom
                                **measure_video(path, check, fps, window)))
         report["runs"][key] = dict(sampler=mode, memory=memory, summary=summarise(videos),
                                    timelines=timelines(videos, round(CLIP_SECONDS * fps)), videos=videos)
-        if occlusion_seeds and any(c.occlusion for c in checks):
+        if occlusion_seeds and any(c.occlusion is not None for c in checks):
             events = [e for v in videos for e in v["occlusion"] or []]
-            extra = [seed + OCCLUSION_SEED_STRIDE * k for k in range(1, occlusion_seeds + 1)]
+            stride = OCCLUSION_SEED_STRIDE * math.ceil(len(prompts) / OCCLUSION_SEED_STRIDE)
+            extra = [seed + stride * k for k in range(1, occlusion_seeds + 1)]
             for first in extra:
                 for i, (prompt, check) in enumerate(zip(prompts, checks)):
                     if check.occlusion is not None:
                         path = out_dir / f"{key}-seed{first}-{i:02d}.mp4"
                         window = made(mode, memory, first + i, prompt, path)
-                        events += occlusion_events(features(mp4_frames(path)).nearest, *check.occlusion,
-                                                   longer_than=window, span=round(COLOR_SECONDS * fps))
+                        events += [dict(event, seed=first + i, mp4=path.name) for event in occlusion_events(
+                            features(mp4_frames(path)).nearest, *check.occlusion, longer_than=window,
+                            span=round(COLOR_SECONDS * fps))]
             report["runs"][key]["occlusion_seeds"] = dict(
                 seeds=[seed, *extra], kept=sum(e["same"] for e in events), count=len(events),
                 share=share([e["same"] for e in events]), events=events)

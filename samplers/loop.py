@@ -178,12 +178,17 @@ class Conditioner:
     # hands the denoiser the very tensors its prefix was made with (it reuses their keys and values then).
     def _guided_text(self, conditioning):
         """One prompt's tokens `[B, L, D]` and bias `[B, L]`, with the null prompt as the second half under
-        guidance; the bias is None when no row has padding (the denoiser's attention then needs no mask)."""
+        guidance; the bias is None when every row's is 0 (no padding, no blend: the attention needs no mask)."""
         if self._text is None or self._text[0] is not conditioning:
             tokens, bias = self._guided_text_per_chunk([conditioning])
-            tokens, bias = tokens[:, 0], bias[:, 0]
-            self._text = conditioning, (tokens, None if not bias.any() else bias)
+            unmasked = self._unblended(conditioning) and (self.settings.guidance == 1 or self.null[0].shape[1] == 1)
+            self._text = conditioning, (tokens[:, 0], None if unmasked else bias[:, 0])
         return self._text[1]
+
+    def _unblended(self, conditioning) -> bool:
+        """A prompt as the text encoder gave it, alone: every token real, its bias all 0 (decided without
+        reading the tensor, which would wait for the device)."""
+        return any(conditioning is encoded for encoded in self._prompts.values())
 
     def _guided_text_per_chunk(self, conditionings):
         tokens, bias = stack(conditionings)
@@ -214,7 +219,8 @@ class Conditioner:
         seen = front is not None and front[0] == (chunk.index,) \
             and self.settings.context_noise == self.model.denoiser.cfg.write_noise
         noise = seeded_noise(self.settings.seed, chunk.index, WRITE, chunk.latents.shape)
-        tokens, bias = self.conditioning(chunk.index)
+        conditioning = self.conditioning(chunk.index)
+        tokens, bias = conditioning[0], None if self._unblended(conditioning) else conditioning[1]
         self.memory = self.model.denoiser.write(self.memory, chunk.latents, tokens, bias,
                                                 noise=noise.to(chunk.latents.device, chunk.latents.dtype),
                                                 seen=front[1] if seen else None,

@@ -368,6 +368,7 @@ def test_the_null_prompt_fills_the_prompts_length_without_a_mask_and_changes_no_
         masks.add(biases[0] is None)
         with monkeypatch.context() as patch:
             patch.setattr(loop.Conditioner, "_guided_text_per_chunk", padded)
+            patch.setattr(loop.Conditioner, "_unblended", lambda self, conditioning: False)  # always masked
             masked, biases = velocities(indexes)
         assert biases[0] is not None
         assert (unmasked - masked).abs().max() <= 1e-6 * masked.abs().max()

@@ -198,7 +198,7 @@ class WindowLoss(torch.nn.Module):
         s = levels[:, None, None, None, None]
         x = (1 - s) * front + s * torch.randn_like(front)
         guided = guidance != 1
-        if guided:  # the null prompt as the second half of the batch, as the sampler guides
+        if guided:  # the null prompt as the second half (padded; the sampler's repeated token reads the same)
             null_tokens, null_bias = stack([self.model.text([""])], length=tokens.shape[1])
             tokens = torch.cat([tokens, null_tokens[:, 0].expand(batch, -1, -1)])
             bias = torch.cat([bias, null_bias[:, 0].expand(batch, -1)])
