@@ -295,6 +295,10 @@ def timelines(videos: list[dict], clip: int) -> dict[str, list[float | None]]:
     }
 
 
+def passes(name: str, share: float) -> str:
+    return "PASS" if share >= CRITERIA[name] else "FAIL"
+
+
 def table(report: dict) -> str:
     """Markdown: one row per sampler (and memory off), each measure against its criterion."""
     headings = [f"{title} (>= {CRITERIA[name]:.0%} {unit})" for name, (title, unit) in MEASURES.items()]
@@ -305,7 +309,7 @@ def table(report: dict) -> str:
             s = run["summary"][name]
             # Memory off runs the occlusion prompts only; the other measures would compare other prompts.
             if (run["memory"] or name == "occlusion") and s["share"] is not None:
-                verdict = "PASS" if s["share"] >= CRITERIA[name] else "FAIL"
+                verdict = passes(name, s["share"])
                 if name == "motion":
                     verdict += f" (median ratio {s['median_ratio']:.2f})"
                 elif name == "occlusion":
@@ -341,8 +345,7 @@ def occlusion_seeds_table(report: dict) -> str:
         if result["share"] is None:
             cell = "n/a (no events)"
         else:
-            verdict = "PASS" if result["share"] >= CRITERIA["occlusion"] else "FAIL"
-            cell = f"{result['share']:.1%} {verdict} ({result['kept']} of {result['count']} events)"
+            cell = f"{result['share']:.1%} {passes('occlusion', result['share'])} ({result['kept']} of {result['count']} events)"
         lines.append(f"| {run['sampler']} | {'on' if run['memory'] else 'off'} | {cell} |")
     return "\n".join(lines)
 
@@ -472,8 +475,8 @@ def run_quality(checkpoint: str | Path, out_dir: Path, seconds: float = 60, prom
     measure, and write the mp4s, quality.json, table.md and one PNG per measure into `out_dir`.
 
     Prompt `i` uses seed `seed + i` with every sampler, so the samplers differ only in how they sample.
-    `occlusion_seeds`: that many more seeds (`seed + 100 k`) for the occlusion prompts, every row, counted
-    for the occlusion measure alone: a seed's few events say little.
+    `occlusion_seeds`: that many more seeds (`seed + 100 k`; a larger multiple of 100 past 100 prompts) for
+    the occlusion prompts, every row, counted for the occlusion measure alone: a seed's few events say little.
     """
     import torch
     from ..memory import load_checkpoint

@@ -278,10 +278,9 @@ class Block(nn.Module):
 
         if text.dim() == 3:  # one prompt for the whole window: all tokens read it in one attention
             queries = self.norm2(x).reshape(batch, frames * positions, width)
-            text_mask = None if text_bias is None else text_bias[:, None, None, :].to(x.dtype)
         else:  # each chunk's tokens read that chunk's own prompt, so prompts can change from chunk to chunk
             queries = self.norm2(x).reshape(batch, text.shape[1], -1, width)
-            text_mask = None if text_bias is None else text_bias[:, :, None, None, :].to(x.dtype)
+        text_mask = None if text_bias is None else text_bias[..., None, None, :].to(x.dtype)  # over heads, queries
         read, text_keys_values = self.cross(queries, text, mask=text_mask, context_keys_values=text_keys_values)
         x = x + read.view_as(x)
 
