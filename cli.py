@@ -156,7 +156,7 @@ def cmd_train(args) -> int:
             raise ValueError(f"{flag} must be positive, got {value}")
     denoiser_only = {"--object-weight": args.object_weight, "--remade-share": args.remade_share,
                      "--remade-levels": args.remade_levels, "--remade-steps": args.remade_steps,
-                     "--remade-guidance": args.remade_guidance}
+                     "--remade-guidance": args.remade_guidance, "--remade-links": args.remade_links}
     given = [flag for flag, value in denoiser_only.items() if value is not None]
     if given and args.stage not in ("denoiser", "demo"):
         raise ValueError(f"{given[0]} sets how the denoiser is trained: give it to the denoiser or demo stage, "
@@ -168,6 +168,8 @@ def cmd_train(args) -> int:
                          f"got {' '.join(map(str, args.remade_levels))}")
     if args.remade_steps is not None and not args.remade_steps >= 1:
         raise ValueError(f"--remade-steps must be at least 1, got {args.remade_steps}")
+    if args.remade_links is not None and not args.remade_links >= 1:
+        raise ValueError(f"--remade-links must be at least 1 (the front chunk alone), got {args.remade_links}")
     if args.remade_guidance is not None and not args.remade_guidance >= 0:
         raise ValueError(f"--remade-guidance must be 0 or more (1 turns guidance off), got {args.remade_guidance}")
     if args.object_weight is not None and not 0 <= args.object_weight < float("inf"):
@@ -228,7 +230,7 @@ def cmd_train(args) -> int:
     changes = {k: v for k, v in (("steps", args.denoiser_steps), ("batch", args.batch), ("lr", args.lr),
                                  ("videos", args.cache_videos), ("object_weight", args.object_weight),
                                  ("remade_share", args.remade_share), ("remade_steps", args.remade_steps),
-                                 ("remade_guidance", args.remade_guidance),
+                                 ("remade_guidance", args.remade_guidance), ("remade_links", args.remade_links),
                                  ("remade_levels", args.remade_levels and tuple(args.remade_levels)))
                if v is not None}
     settings = dataclasses.replace(settings, **changes)
@@ -356,6 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--remade-guidance", type=float,
                        help="denoiser: guidance scale while making such a front chunk (default 1: none; the "
                             "sampler's default is 3)")
+    train.add_argument("--remade-links", type=int,
+                       help="denoiser: chunks remade in a row, each after the one remade before it, ending with "
+                            "the front chunk, so it is made after the model's own chunks (default 1: the front alone)")
     train.add_argument("--data-seed", type=int, default=0)
     train.add_argument("--ship", action="store_true", help="also write the result as the bundled demo model (float16)")
     train.set_defaults(run=cmd_train)

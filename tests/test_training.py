@@ -15,7 +15,7 @@ from longtake.training.vocab import VOCAB
 
 TINY_VAE = dict(batch=2, frames=8, past_latents=2, heldout_clips=1, log_every=1, save_every=2, warmup=1)
 TINY_DENOISER = dict(batch=2, videos=3, video_chunks=12, max_prefix=3, log_every=1, save_every=2, preview_every=0,
-                     warmup=1, remade_share=0.5, remade_steps=2, remade_guidance=3.0,
+                     warmup=1, remade_share=0.5, remade_steps=2, remade_guidance=3.0, remade_links=2,
                      object_weight=2.0)
 
 
@@ -226,6 +226,41 @@ def test_remade_front_from_pure_noise_is_sampled_after_the_chunk_before_it_with_
     assert len(calls) == 4 and torch.allclose(calls[0][:, frames:], torch.ones(4, frames))
     # Guided, the velocity aims at 3 * front - 2 * elsewhere, and Euler steps on a straight path land there.
     assert torch.allclose(remade, 3 * front - 2 * elsewhere, atol=1e-4)
+
+
+def test_remade_links_make_the_front_after_the_models_own_chunks(monkeypatch):
+    """A chain of remade chunks: each made from its own truth after the chunk made before it (the first after the
+    true chunk before the chain), reading the memory as it stood then, and the last one the window's front."""
+    from longtake.memory import LongTakeModel
+    model = LongTakeModel(small_model_config())
+    channels, chunk = model.config.denoiser.latent_channels, model.config.denoiser.chunk_frames
+    clip = torch.randn(2, channels, 5 * chunk, 8, 8)  # 3 prefix chunks, the front, one noisy chunk
+    prefix, window = clip[:, :, :3 * chunk], clip[:, :, 3 * chunk:]
+    piece = lambda i: clip[:, :, i * chunk:(i + 1) * chunk]
+    monkeypatch.setattr(model.denoiser, "initial_state", lambda batch: {"writes": torch.zeros(())})
+    monkeypatch.setattr(model.denoiser, "write", lambda memory, *rest: {"writes": memory["writes"] + 1})
+    calls = []
+
+    def remake(before, truth, levels, tokens, bias, memory, steps, guidance):
+        calls.append((before, truth, levels, int(memory["writes"])))
+        return truth + 100 * len(calls)  # marks which link made it
+
+    seen = {}
+    monkeypatch.setattr(WindowLoss, "remade_front", lambda self, *args: remake(*args))
+    monkeypatch.setattr(model.denoiser, "forward", lambda noisy, *rest: seen.setdefault("window", noisy))
+    levels = torch.tensor([[0.0, 0.5]] * 2)  # a clean front: the denoiser sees it as made
+    objective = WindowLoss(model)
+    objective(prefix, window, levels, [""] * 2, True, 0, remade=torch.tensor([[0.3, 0.4, 0.5]] * 2))
+    assert [(round(c[2][0].item(), 4), c[3]) for c in calls] == [(0.3, 0), (0.4, 1), (0.5, 2)]
+    assert torch.equal(calls[0][0], piece(0)) and torch.equal(calls[0][1], piece(1))
+    assert torch.equal(calls[1][0], piece(1) + 100) and torch.equal(calls[1][1], piece(2))
+    assert torch.equal(calls[2][0], piece(2) + 200) and torch.equal(calls[2][1], piece(3))
+    assert torch.equal(seen["window"][:, :, :chunk], piece(3) + 300)
+    # A chain longer than the prefix starts at the video's start, with nothing before it.
+    calls.clear()
+    objective(prefix[:, :, :chunk], window, levels, [""] * 2, True, 0, remade=torch.full((2, 3), 0.5))
+    assert len(calls) == 2 and calls[0][0] is None and [c[3] for c in calls] == [0, 0]
+    assert torch.equal(calls[1][0], piece(0) + 100)
 
 
 def test_object_weight_makes_errors_on_objects_cost_more(monkeypatch):

@@ -60,6 +60,7 @@ class DenoiserTraining:
     remade_levels: tuple[float, float] = (0.05, 0.4)  # ...from the truth noised to a level in this range
     remade_steps: int = 1         # ...in this many Euler steps (1: the one-step estimate)
     remade_guidance: float = 1.0  # ...at this guidance scale (the sampler's default is 3)
+    remade_links: int = 1         # ...at the end of a chain of this many chunks, each remade after the one before
     object_weight: float = 0.0    # extra loss weight where the latents differ from the background (objects)
     preview_every: int = 3000
     preview_prompt: str = "a red ball bouncing on a black background"
@@ -147,17 +148,20 @@ class WindowLoss(torch.nn.Module):
                 object_weight: float = 0.0, remade_steps: int = 1, remade_guidance: float = 1.0):
         """The weighted loss and, for the log, the plain error on foreground latents (objects and pillars).
 
-        `remade [B]`: levels from which the model remakes the front chunk itself (0: the truth), in
-        `remade_steps` Euler steps at guidance `remade_guidance`.
+        `remade [B, links]`: levels from which the model remakes the front chunk itself (0: the truth), in
+        `remade_steps` Euler steps at guidance `remade_guidance`; with more than one column, the last
+        `links - 1` prefix chunks are remade first, each after the one remade before it, so the front is made
+        after the model's own chunks as in sampling (as many as the prefix holds).
         """
         model = self.model
         chunk = model.config.denoiser.chunk_frames
         tokens, bias = model.text(prompts)
         memory = model.denoiser.initial_state(window.shape[0])
         writes = prefix.shape[2] // chunk
+        before_write = []  # the memory before each write: what a chunk made then was read beside
         for i in range(writes):
             piece = prefix[:, :, i * chunk:(i + 1) * chunk]
-            before_last_write = memory
+            before_write.append(memory)
             if i < writes - grad_writes:
                 with torch.no_grad():
                     memory = model.denoiser.write(memory, piece, tokens, bias)
@@ -165,11 +169,16 @@ class WindowLoss(torch.nn.Module):
                 memory = model.denoiser.write(memory, piece, tokens, bias)
         distance = foreground_distance(window)  # of the truth: a remade front is context, not in the loss
         if remade is not None:
-            # Made as sampling made it: the chunk before it clean in front, not yet written into memory.
-            before, context = (prefix[:, :, -chunk:], before_last_write) if writes else (None, memory)
-            front = self.remade_front(before, window[:, :, :chunk], remade.to(window.device), tokens, bias, context,
-                                      remade_steps, remade_guidance)
-            window = torch.cat([front, window[:, :, chunk:]], dim=2)
+            # Each made as sampling made it: after the chunk before it, clean in front and not yet written into
+            # memory. The memory holds the truth (what is written is not what makes the model's chunks fade).
+            links = min(remade.shape[1], writes + 1)
+            made = prefix[:, :, (writes - links) * chunk:(writes - links + 1) * chunk] if links <= writes else None
+            for link, index in enumerate(range(writes + 1 - links, writes + 1)):
+                truth = window[:, :, :chunk] if index == writes else prefix[:, :, index * chunk:(index + 1) * chunk]
+                context = before_write[index - 1] if index else memory if not writes else before_write[0]
+                made = self.remade_front(made, truth, remade[:, link - links].to(window.device), tokens, bias, context,
+                                         remade_steps, remade_guidance)
+            window = torch.cat([made, window[:, :, chunk:]], dim=2)
         t = levels.repeat_interleave(chunk, dim=1).to(window.device)
         noise = torch.randn_like(window)
         noisy = (1 - t[:, None, :, None, None]) * window + t[:, None, :, None, None] * noise
@@ -302,7 +311,9 @@ def train_denoiser(config: ModelConfig, vae_state: dict, source, out: Path, sett
         if has_front and settings.remade_share:
             low, high = settings.remade_levels
             chosen = torch.rand(settings.batch) < settings.remade_share
-            remade = torch.where(chosen, low + (high - low) * torch.rand(settings.batch), torch.zeros(settings.batch))
+            links = settings.remade_links
+            remade = torch.where(chosen[:, None], low + (high - low) * torch.rand(settings.batch, links),
+                                 torch.zeros(settings.batch, links))
         loss, object_error = objective(prefix, window, levels, prompts, has_front, settings.grad_writes, remade,
                                        settings.object_weight, settings.remade_steps, settings.remade_guidance)
         optimizer.zero_grad(set_to_none=True)
