@@ -257,16 +257,45 @@ def share(values: list[bool]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+def interval(groups: list[list[bool]], draws: int = 2000, seed: int = 0) -> list[float] | None:
+    """The 95% interval of the pooled share, with the videos drawn again at random (with replacement)
+    `draws` times; None when nothing was counted. One video's clips or events are far from independent (a
+    video that loses its background loses it for the rest of the minute), so it is the videos that vary."""
+    groups = [g for g in groups if g]
+    if not groups:
+        return None
+    kept = np.array([sum(g) for g in groups], dtype=np.float64)
+    counted = np.array([len(g) for g in groups], dtype=np.float64)
+    if kept.sum() in (0, counted.sum()):
+        # Every video passes throughout (or fails): drawing them again cannot spread the share, and n videos
+        # alike say less than certainty. The Wilson interval of n passes (or failures) in n trials says how much.
+        return wilson(len(groups) if kept.sum() else 0, len(groups))
+    picks = np.random.default_rng(seed).integers(0, len(groups), size=(draws, len(groups)))
+    shares = kept[picks].sum(axis=1) / counted[picks].sum(axis=1)
+    return [float(np.quantile(shares, 0.025)), float(np.quantile(shares, 0.975))]
+
+
+def wilson(passed: int, trials: int, z: float = 1.96) -> list[float]:
+    """The Wilson score interval of a share of `passed` in `trials`."""
+    centre = (passed + z * z / 2) / (trials + z * z)
+    half = z * math.sqrt(passed * (trials - passed) / trials + z * z / 4) / (trials + z * z)
+    return [max(0.0, centre - half), min(1.0, centre + half)]
+
+
 def summarise(videos: list[dict]) -> dict:
-    """Per measure: the share passing (None when nothing was checked) and how many were counted."""
-    counted = {
-        "background": [ok for v in videos for ok in v["background"] or []],
-        "object_colors": [ok for v in videos for oks in v["object_colors"].values() for ok in oks],
-        "motion": [v["motion_ratio"] >= MOTION_KEPT for v in videos],
-        "single_scene": [not v["scene_cuts"] for v in videos],
-        "occlusion": [e["same"] for v in videos for e in v["occlusion"] or []],
+    """Per measure: the share passing (None when nothing was checked), how many were counted, and the share's
+    95% interval over the videos."""
+    per_video = {
+        "background": [v["background"] or [] for v in videos],
+        "object_colors": [[ok for oks in v["object_colors"].values() for ok in oks] for v in videos],
+        "motion": [[v["motion_ratio"] >= MOTION_KEPT] for v in videos],
+        "single_scene": [[not v["scene_cuts"]] for v in videos],
+        "occlusion": [[e["same"] for e in v["occlusion"] or []] for v in videos],
     }
-    summary = {name: dict(share=share(values), count=len(values)) for name, values in counted.items()}
+    summary = {}
+    for name, groups in per_video.items():
+        values = [ok for group in groups for ok in group]
+        summary[name] = dict(share=share(values), count=len(values), interval=interval(groups))
     summary["motion"]["median_ratio"] = float(np.median([v["motion_ratio"] for v in videos])) if videos else None
     return summary
 
@@ -299,6 +328,14 @@ def passes(name: str, share: float) -> str:
     return "PASS" if share >= CRITERIA[name] else "FAIL"
 
 
+def with_interval(share: float, bounds: list[float] | None) -> str:
+    return f"{share:.1%}" + (f" [{bounds[0]:.0%}-{bounds[1]:.0%}]" if bounds else "")
+
+
+INTERVAL_NOTE = ("In brackets, the 95% interval of each share with the videos drawn again at random: the spread the "
+                 "choice of prompts and seeds alone leaves.")
+
+
 def table(report: dict) -> str:
     """Markdown: one row per sampler (and memory off), each measure against its criterion."""
     headings = [f"{title} (>= {CRITERIA[name]:.0%} {unit})" for name, (title, unit) in MEASURES.items()]
@@ -314,14 +351,14 @@ def table(report: dict) -> str:
                     verdict += f" (median ratio {s['median_ratio']:.2f})"
                 elif name == "occlusion":
                     verdict += f" ({s['count']} events)"
-                cells.append(f"{s['share']:.1%} {verdict}")
+                cells.append(f"{with_interval(s['share'], s['interval'])} {verdict}")
             else:
                 cells.append("n/a" if run["memory"] or name == "occlusion" else "-")
         memory = "-" if run["sampler"] in (WORLD, VAE) else "on" if run["memory"] else "off"
         lines.append(f"| {run['sampler']} | {memory} | " + " | ".join(cells) + " |")
     settings = report["settings"]
     lines.append(f"\n{len(report['prompts'])} prompts x {report['seconds']:g} s, seeds from {report['seed']}; "
-                 + ", ".join(f"{k} {v}" for k, v in settings.items()))
+                 + ", ".join(f"{k} {v}" for k, v in settings.items()) + f". {INTERVAL_NOTE}")
     more_seeds = occlusion_seeds_table(report)
     if more_seeds:
         lines += ["", more_seeds]
@@ -345,7 +382,8 @@ def occlusion_seeds_table(report: dict) -> str:
         if result["share"] is None:
             cell = "n/a (no events)"
         else:
-            cell = f"{result['share']:.1%} {passes('occlusion', result['share'])} ({result['kept']} of {result['count']} events)"
+            cell = (f"{with_interval(result['share'], result['interval'])} {passes('occlusion', result['share'])} "
+                    f"({result['kept']} of {result['count']} events)")
         lines.append(f"| {run['sampler']} | {'on' if run['memory'] else 'off'} | {cell} |")
     return "\n".join(lines)
 
@@ -541,6 +579,7 @@ def run_quality(checkpoint: str | Path, out_dir: Path, seconds: float = 60, prom
                                    timelines=timelines(videos, round(CLIP_SECONDS * fps)), videos=videos)
         if occlusion_seeds and any(c.occlusion is not None for c in checks):
             events = [e for v in videos for e in v["occlusion"] or []]
+            per_video = [[e["same"] for e in v["occlusion"] or []] for v in videos]
             stride = OCCLUSION_SEED_STRIDE * math.ceil(len(prompts) / OCCLUSION_SEED_STRIDE)
             extra = [seed + stride * k for k in range(1, occlusion_seeds + 1)]
             for first in extra:
@@ -548,12 +587,13 @@ def run_quality(checkpoint: str | Path, out_dir: Path, seconds: float = 60, prom
                     if check.occlusion is not None:
                         path = out_dir / f"{key}-seed{first}-{i:02d}.mp4"
                         window = made(mode, memory, first + i, prompt, path)
-                        events += [dict(event, seed=first + i, mp4=path.name) for event in occlusion_events(
-                            features(mp4_frames(path)).nearest, *check.occlusion, longer_than=window,
-                            span=round(COLOR_SECONDS * fps))]
+                        found = occlusion_events(features(mp4_frames(path)).nearest, *check.occlusion,
+                                                 longer_than=window, span=round(COLOR_SECONDS * fps))
+                        events += [dict(event, seed=first + i, mp4=path.name) for event in found]
+                        per_video.append([event["same"] for event in found])
             report["runs"][key]["occlusion_seeds"] = dict(
                 seeds=[seed, *extra], kept=sum(e["same"] for e in events), count=len(events),
-                share=share([e["same"] for e in events]), events=events)
+                share=share([e["same"] for e in events]), interval=interval(per_video), events=events)
     # The same measures on the demo world's own videos of the prompts (what a perfect model would score),
     # and on those videos through the model's VAE (what a perfect denoiser would score with this VAE).
     window = replace(base, mode="progressive").clean_in_front() + base.window_chunks

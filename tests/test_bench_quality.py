@@ -74,6 +74,23 @@ def test_continuation_areas_are_one_for_the_world_and_zero_for_a_faded_object(tm
     assert summary["kept"] == pytest.approx(1 / 3) and summary["count"] == 3 and summary["median_by_clip"][-1] == 1
 
 
+def test_interval_spreads_with_the_videos_not_with_their_clips():
+    # 80% of 600 clips either way: four videos of 20 lose everything, or every video loses a fifth.
+    whole_videos = [[True] * 30] * 16 + [[False] * 30] * 4
+    spread_evenly = [[True] * 24 + [False] * 6] * 20
+    low, high = q.interval(whole_videos)
+    assert low < 0.7 and high > 0.9  # one video more or less moves the share by 5 points
+    assert q.interval(spread_evenly) == [0.8, 0.8]
+    assert q.interval(whole_videos) == [low, high] and q.interval([[], []]) is None
+    # Twenty videos that all pass are not a certainty: about 84% is as low as they rule out.
+    assert q.interval([[True] * 30] * 20) == pytest.approx([0.839, 1.0], abs=1e-3)
+    assert q.interval([[False]] * 20) == pytest.approx([0.0, 0.161], abs=1e-3)
+    summary = q.summarise([dict(background=v, object_colors={}, motion_ratio=1.0, scene_cuts=[], occlusion=None)
+                           for v in whole_videos])
+    assert summary["background"]["share"] == pytest.approx(0.8) and summary["background"]["interval"] == [low, high]
+    assert summary["occlusion"]["interval"] is None
+
+
 def test_clips_cover_the_video():
     assert q.clip_slices(100, 48) == [slice(0, 48), slice(48, 96), slice(96, 100)]
 
