@@ -258,24 +258,25 @@ def share(values: list[bool]) -> float | None:
 
 
 def interval(groups: list[list[bool]], draws: int = 2000, seed: int = 0) -> list[float] | None:
-    """The 95% interval of the pooled share, with the videos drawn again at random (with replacement)
-    `draws` times; None when nothing was counted. One video's clips or events are far from independent (a
-    video that loses its background loses it for the rest of the minute), so it is the videos that vary."""
+    """The 95% interval of the pooled share of passes over `groups` (a video's clips or events, or a prompt's
+    events over several seeds); None when nothing was counted.
+
+    One group's items are far from independent (a video that loses its background loses it for the rest of the
+    minute), so it is the groups that vary: the interval spans both the groups drawn again at random `draws`
+    times (with replacement) and the Wilson interval of the share over as many independent trials as there are
+    groups. The second keeps a few groups, or groups that all agree, from reading as a certainty."""
     groups = [g for g in groups if g]
     if not groups:
         return None
     kept = np.array([sum(g) for g in groups], dtype=np.float64)
     counted = np.array([len(g) for g in groups], dtype=np.float64)
-    if kept.sum() in (0, counted.sum()):
-        # Every video passes throughout (or fails): drawing them again cannot spread the share, and n videos
-        # alike say less than certainty. The Wilson interval of n passes (or failures) in n trials says how much.
-        return wilson(len(groups) if kept.sum() else 0, len(groups))
     picks = np.random.default_rng(seed).integers(0, len(groups), size=(draws, len(groups)))
     shares = kept[picks].sum(axis=1) / counted[picks].sum(axis=1)
-    return [float(np.quantile(shares, 0.025)), float(np.quantile(shares, 0.975))]
+    low, high = wilson(kept.sum() / counted.sum() * len(groups), len(groups))
+    return [min(low, float(np.quantile(shares, 0.025))), max(high, float(np.quantile(shares, 0.975)))]
 
 
-def wilson(passed: int, trials: int, z: float = 1.96) -> list[float]:
+def wilson(passed: float, trials: int, z: float = 1.96) -> list[float]:
     """The Wilson score interval of a share of `passed` in `trials`."""
     centre = (passed + z * z / 2) / (trials + z * z)
     half = z * math.sqrt(passed * (trials - passed) / trials + z * z / 4) / (trials + z * z)
@@ -329,10 +330,10 @@ def passes(name: str, share: float) -> str:
 
 
 def with_interval(share: float, bounds: list[float] | None) -> str:
-    return f"{share:.1%}" + (f" [{bounds[0]:.0%}-{bounds[1]:.0%}]" if bounds else "")
+    return f"{share:.1%}" + (f" [{bounds[0] * 100:.0f}-{bounds[1]:.0%}]" if bounds else "")
 
 
-INTERVAL_NOTE = ("In brackets, the 95% interval of each share with the videos drawn again at random: the spread the "
+INTERVAL_NOTE = ("In brackets, the 95% interval of each share over the videos (see `interval`): the spread the "
                  "choice of prompts and seeds alone leaves.")
 
 
@@ -579,7 +580,7 @@ def run_quality(checkpoint: str | Path, out_dir: Path, seconds: float = 60, prom
                                    timelines=timelines(videos, round(CLIP_SECONDS * fps)), videos=videos)
         if occlusion_seeds and any(c.occlusion is not None for c in checks):
             events = [e for v in videos for e in v["occlusion"] or []]
-            per_video = [[e["same"] for e in v["occlusion"] or []] for v in videos]
+            per_prompt = {v["prompt"]: [e["same"] for e in v["occlusion"] or []] for v in videos}  # over the seeds
             stride = OCCLUSION_SEED_STRIDE * math.ceil(len(prompts) / OCCLUSION_SEED_STRIDE)
             extra = [seed + stride * k for k in range(1, occlusion_seeds + 1)]
             for first in extra:
@@ -590,10 +591,10 @@ def run_quality(checkpoint: str | Path, out_dir: Path, seconds: float = 60, prom
                         found = occlusion_events(features(mp4_frames(path)).nearest, *check.occlusion,
                                                  longer_than=window, span=round(COLOR_SECONDS * fps))
                         events += [dict(event, seed=first + i, mp4=path.name) for event in found]
-                        per_video.append([event["same"] for event in found])
+                        per_prompt.setdefault(prompt, []).extend(event["same"] for event in found)
             report["runs"][key]["occlusion_seeds"] = dict(
                 seeds=[seed, *extra], kept=sum(e["same"] for e in events), count=len(events),
-                share=share([e["same"] for e in events]), interval=interval(per_video), events=events)
+                share=share([e["same"] for e in events]), interval=interval(list(per_prompt.values())), events=events)
     # The same measures on the demo world's own videos of the prompts (what a perfect model would score),
     # and on those videos through the model's VAE (what a perfect denoiser would score with this VAE).
     window = replace(base, mode="progressive").clean_in_front() + base.window_chunks

@@ -75,20 +75,27 @@ def test_continuation_areas_are_one_for_the_world_and_zero_for_a_faded_object(tm
 
 
 def test_interval_spreads_with_the_videos_not_with_their_clips():
-    # 80% of 600 clips either way: four videos of 20 lose everything, or every video loses a fifth.
+    # 80% of the clips: four videos of 20 lose all their 30 clips. More clips per video do not narrow the
+    # interval, as they rise and fall together; more videos do.
     whole_videos = [[True] * 30] * 16 + [[False] * 30] * 4
-    spread_evenly = [[True] * 24 + [False] * 6] * 20
     low, high = q.interval(whole_videos)
-    assert low < 0.7 and high > 0.9  # one video more or less moves the share by 5 points
-    assert q.interval(spread_evenly) == [0.8, 0.8]
+    assert low < 0.65 and high > 0.9  # one video more or less moves the share by 5 points
+    assert q.interval([[True]] * 16 + [[False]] * 4) == pytest.approx([low, high], abs=0.03)
+    more_low, more_high = q.interval([[True] * 30] * 64 + [[False] * 30] * 16)
+    assert low < more_low < 0.8 < more_high < high
     assert q.interval(whole_videos) == [low, high] and q.interval([[], []]) is None
-    # Twenty videos that all pass are not a certainty: about 84% is as low as they rule out.
+    # Videos that all agree, however many clips each, are not a certainty: twenty that all pass rule out no
+    # more than about 16 points, and one that passes 29 clips of 30 rules out almost nothing.
     assert q.interval([[True] * 30] * 20) == pytest.approx([0.839, 1.0], abs=1e-3)
     assert q.interval([[False]] * 20) == pytest.approx([0.0, 0.161], abs=1e-3)
+    assert q.interval([[True] * 29 + [False]])[0] < 0.3
+    # One failing video of 20 does not read as safer than none.
+    assert q.interval([[True] * 30] * 19 + [[False] * 30])[0] < 0.839
     summary = q.summarise([dict(background=v, object_colors={}, motion_ratio=1.0, scene_cuts=[], occlusion=None)
                            for v in whole_videos])
     assert summary["background"]["share"] == pytest.approx(0.8) and summary["background"]["interval"] == [low, high]
     assert summary["occlusion"]["interval"] is None
+    assert q.with_interval(0.815, [0.6812, 0.9413]) == "81.5% [68-94%]"
 
 
 def test_clips_cover_the_video():

@@ -246,8 +246,14 @@ def test_remade_links_make_the_front_after_the_models_own_chunks(monkeypatch):
         return truth + 100 * len(calls)  # marks which link made it
 
     seen = {}
+
+    def denoiser(noisy, t, tokens, bias, memory):
+        seen.update(window=noisy, writes=int(memory["writes"]))
+        return noisy
+
     monkeypatch.setattr(WindowLoss, "remade_front", lambda self, *args: remake(*args))
-    monkeypatch.setattr(model.denoiser, "forward", lambda noisy, *rest: seen.setdefault("window", noisy))
+    monkeypatch.setattr(model.denoiser, "forward", denoiser)
+    monkeypatch.setattr(torch, "randn_like", torch.zeros_like)  # the noisy chunk stays readable
     levels = torch.tensor([[0.0, 0.5]] * 2)  # a clean front: the denoiser sees it as made
     objective = WindowLoss(model)
     objective(prefix, window, levels, [""] * 2, True, 0, remade=torch.tensor([[0.3, 0.4, 0.5]] * 2))
@@ -256,10 +262,15 @@ def test_remade_links_make_the_front_after_the_models_own_chunks(monkeypatch):
     assert torch.equal(calls[1][0], piece(1) + 100) and torch.equal(calls[1][1], piece(2))
     assert torch.equal(calls[2][0], piece(2) + 200) and torch.equal(calls[2][1], piece(3))
     assert torch.equal(seen["window"][:, :, :chunk], piece(3) + 300)
-    # A chain longer than the prefix starts at the video's start, with nothing before it.
+    assert torch.equal(seen["window"][:, :, chunk:], 0.5 * piece(4)) and seen["writes"] == 3  # the true memory
+    # One link is the front alone, after the true chunk before it, as without chains.
     calls.clear()
-    objective(prefix[:, :, :chunk], window, levels, [""] * 2, True, 0, remade=torch.full((2, 3), 0.5))
-    assert len(calls) == 2 and calls[0][0] is None and [c[3] for c in calls] == [0, 0]
+    objective(prefix, window, levels, [""] * 2, True, 0, remade=torch.tensor([[0.5]] * 2))
+    assert len(calls) == 1 and torch.equal(calls[0][0], piece(2)) and calls[0][3] == 2
+    # A chain longer than the prefix starts at the video's start, with nothing before it, on its last columns.
+    calls.clear()
+    objective(prefix[:, :, :chunk], window, levels, [""] * 2, True, 0, remade=torch.tensor([[0.3, 0.4, 0.5]] * 2))
+    assert [(round(c[2][0].item(), 4), c[3]) for c in calls] == [(0.4, 0), (0.5, 0)] and calls[0][0] is None
     assert torch.equal(calls[1][0], piece(0) + 100)
 
 
@@ -300,6 +311,7 @@ def test_train_refuses_bad_denoiser_flags_before_any_work(tmp_path, capsys):
                           (["denoiser", "--remade-levels", "0.5", "0.2"], "0 < LOW <= HIGH <= 1"),
                           (["denoiser", "--remade-share", "2"], "give a number from 0 to 1"),
                           (["denoiser", "--remade-steps", "0"], "--remade-steps must be at least 1"),
+                          (["denoiser", "--remade-links", "0"], "--remade-links must be at least 1"),
                           (["vae", "--remade-steps", "8"], "give it to the denoiser or demo stage")):
         assert cli(["train", *args, "--out", str(tmp_path / "run")]) == 2
         assert message in capsys.readouterr().err
