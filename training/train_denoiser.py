@@ -156,28 +156,28 @@ class WindowLoss(torch.nn.Module):
         model = self.model
         chunk = model.config.denoiser.chunk_frames
         tokens, bias = model.text(prompts)
-        memory = model.denoiser.initial_state(window.shape[0])
         writes = prefix.shape[2] // chunk
-        before_write = []  # the memory before each write: what a chunk made then was read beside
+        # Chunk i of the clip: the prefix's, then (i = writes) the window's front.
+        part = lambda i: prefix[:, :, i * chunk:(i + 1) * chunk] if i < writes else window[:, :, :chunk]
+        memories = [model.denoiser.initial_state(window.shape[0])]  # after 0, 1, ... writes
         for i in range(writes):
-            piece = prefix[:, :, i * chunk:(i + 1) * chunk]
-            before_write.append(memory)
             if i < writes - grad_writes:
                 with torch.no_grad():
-                    memory = model.denoiser.write(memory, piece, tokens, bias)
+                    memories.append(model.denoiser.write(memories[-1], part(i), tokens, bias))
             else:
-                memory = model.denoiser.write(memory, piece, tokens, bias)
+                memories.append(model.denoiser.write(memories[-1], part(i), tokens, bias))
+        memory = memories[-1]
         distance = foreground_distance(window)  # of the truth: a remade front is context, not in the loss
         if remade is not None:
             # Each made as sampling made it: after the chunk before it, clean in front and not yet written into
-            # memory. The memory holds the truth (what is written is not what makes the model's chunks fade).
+            # memory (chunk i read the memory of its first i - 1 chunks). The memory holds the truth (what is
+            # written is not what makes the model's chunks fade).
             links = min(remade.shape[1], writes + 1)
-            made = prefix[:, :, (writes - links) * chunk:(writes - links + 1) * chunk] if links <= writes else None
-            for link, index in enumerate(range(writes + 1 - links, writes + 1)):
-                truth = window[:, :, :chunk] if index == writes else prefix[:, :, index * chunk:(index + 1) * chunk]
-                context = before_write[index - 1] if index else memory if not writes else before_write[0]
-                made = self.remade_front(made, truth, remade[:, link - links].to(window.device), tokens, bias, context,
-                                         remade_steps, remade_guidance)
+            first = writes + 1 - links
+            made = part(first - 1) if first else None
+            for link, index in enumerate(range(first, writes + 1)):
+                made = self.remade_front(made, part(index), remade[:, link - links].to(window.device), tokens, bias,
+                                         memories[max(index - 1, 0)], remade_steps, remade_guidance)
             window = torch.cat([made, window[:, :, chunk:]], dim=2)
         t = levels.repeat_interleave(chunk, dim=1).to(window.device)
         noise = torch.randn_like(window)
