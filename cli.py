@@ -156,13 +156,19 @@ def cmd_train(args) -> int:
             raise ValueError(f"{flag} must be positive, got {value}")
     denoiser_only = {"--object-weight": args.object_weight, "--remade-share": args.remade_share,
                      "--remade-levels": args.remade_levels, "--remade-steps": args.remade_steps,
-                     "--remade-guidance": args.remade_guidance, "--remade-links": args.remade_links}
+                     "--remade-guidance": args.remade_guidance, "--remade-links": args.remade_links,
+                     "--drifted-share": args.drifted_share}
     given = [flag for flag, value in denoiser_only.items() if value is not None]
     if given and args.stage not in ("denoiser", "demo"):
         raise ValueError(f"{given[0]} sets how the denoiser is trained: give it to the denoiser or demo stage, "
                          f"not {args.stage}")
     if args.remade_share is not None and not 0 <= args.remade_share <= 1:
         raise ValueError(f"--remade-share is a share of windows: give a number from 0 to 1, got {args.remade_share}")
+    if args.drifted_share is not None and not 0 <= args.drifted_share <= 1:
+        raise ValueError(f"--drifted-share is a share of windows: give a number from 0 to 1, got {args.drifted_share}")
+    if args.drifted_share and args.videos:
+        raise ValueError("--drifted-share redraws the demo world's objects, which footage does not name: "
+                         "leave it out when training on --videos")
     if args.remade_levels is not None and not 0 < args.remade_levels[0] <= args.remade_levels[1] <= 1:
         raise ValueError(f"--remade-levels LOW HIGH are noise levels with 0 < LOW <= HIGH <= 1 (1 is pure noise), "
                          f"got {' '.join(map(str, args.remade_levels))}")
@@ -231,7 +237,8 @@ def cmd_train(args) -> int:
                                  ("videos", args.cache_videos), ("object_weight", args.object_weight),
                                  ("remade_share", args.remade_share), ("remade_steps", args.remade_steps),
                                  ("remade_guidance", args.remade_guidance), ("remade_links", args.remade_links),
-                                 ("remade_levels", args.remade_levels and tuple(args.remade_levels)))
+                                 ("remade_levels", args.remade_levels and tuple(args.remade_levels)),
+                                 ("drifted_share", args.drifted_share))
                if v is not None}
     settings = dataclasses.replace(settings, **changes)
     record["command"] = args.command_line
@@ -361,6 +368,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--remade-links", type=int,
                        help="denoiser: chunks remade in a row, each after the one remade before it, ending with "
                             "the front chunk, so it is made after the model's own chunks (default 1: the front alone)")
+    train.add_argument("--drifted-share", type=float,
+                       help="denoiser, demo world only: share of windows whose clean front chunk shows the scene "
+                            "drifted (objects resized, faded and blurred, the pillar widened) while the target "
+                            "stays true, so the model learns to pull a drifting video back (default 0)")
     train.add_argument("--data-seed", type=int, default=0)
     train.add_argument("--ship", action="store_true", help="also write the result as the bundled demo model (float16)")
     train.set_defaults(run=cmd_train)

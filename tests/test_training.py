@@ -274,6 +274,40 @@ def test_remade_links_make_the_front_after_the_models_own_chunks(monkeypatch):
     assert torch.equal(calls[1][0], piece(0) + 100)
 
 
+def test_drifted_fronts_show_the_same_chunk_drawn_drifted_before_the_true_continuation(trained_vae, tmp_path,
+                                                                                         monkeypatch):
+    from longtake.training.train_denoiser import load_latents
+    seen, forward = [], WindowLoss.forward
+
+    def record(self, prefix, window, levels, prompts, has_front, *rest, **options):
+        if has_front:
+            seen.append((prefix.clone(), window.clone()))
+        return forward(self, prefix, window, levels, prompts, has_front, *rest, **options)
+
+    monkeypatch.setattr(WindowLoss, "forward", record)
+    vae, vae_config, record_ = load_trained_vae(trained_vae[0])
+    config = small_model_config().replace(vae=vae_config, text=TextConfig(vocab=VOCAB, width=32, depth=1, heads=2))
+    settings = DenoiserTraining(steps=6, **dict(TINY_DENOISER, drifted_share=1.0))
+    train_denoiser(config, vae.state_dict(), DemoWorld(seed=0), tmp_path, settings, {"vae": record_})
+    truth, _ = load_latents(tmp_path / "latents.safetensors")
+    drifted, _ = load_latents(tmp_path / "drifted_latents.safetensors")
+    chunk = config.denoiser.chunk_frames
+    assert seen, "no window with a front chunk in six steps"
+    for prefix, window in seen:
+        for row in range(window.shape[0]):
+            # Find the row's place in the cache by its true prefix and continuation.
+            clip = torch.cat([prefix[row], window[row]], dim=1)
+            places = [(v, t) for v in range(truth.shape[0]) for t in range(0, truth.shape[2] - clip.shape[1] + 1, chunk)
+                      if torch.equal(truth[v, :, t:t + clip.shape[1]].float()[:, prefix.shape[2] + chunk:],
+                                     clip[:, prefix.shape[2] + chunk:])
+                      and torch.equal(truth[v, :, t:t + prefix.shape[2]].float(), prefix[row])]
+            assert places, "the prefix and the continuation are no longer the truth"
+            v, t = places[0]
+            front = t + prefix.shape[2]
+            assert torch.equal(window[row, :, :chunk], drifted[v, :, front:front + chunk].float())
+            assert not torch.equal(window[row, :, :chunk], truth[v, :, front:front + chunk].float())
+
+
 def test_object_weight_makes_errors_on_objects_cost_more(monkeypatch):
     from longtake.memory import LongTakeModel
     model = LongTakeModel(small_model_config())
@@ -312,7 +346,9 @@ def test_train_refuses_bad_denoiser_flags_before_any_work(tmp_path, capsys):
                           (["denoiser", "--remade-share", "2"], "give a number from 0 to 1"),
                           (["denoiser", "--remade-steps", "0"], "--remade-steps must be at least 1"),
                           (["denoiser", "--remade-links", "0"], "--remade-links must be at least 1"),
-                          (["vae", "--remade-steps", "8"], "give it to the denoiser or demo stage")):
+                          (["vae", "--remade-steps", "8"], "give it to the denoiser or demo stage"),
+                          (["denoiser", "--drifted-share", "1.5"], "give a number from 0 to 1"),
+                          (["denoiser", "--drifted-share", "0.3", "--videos", str(tmp_path)], "footage")):
         assert cli(["train", *args, "--out", str(tmp_path / "run")]) == 2
         assert message in capsys.readouterr().err
     assert not (tmp_path / "run").exists()

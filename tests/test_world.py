@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from longtake.training.vocab import COLORS, VOCAB
-from longtake.training.world import (FPS, MIN_HIDDEN_FRAMES, PALETTE, SIZE, SPEEDS, describe, hidden, positions,
+from longtake.training.world import (FPS, Drift, Scene, SceneObject, MIN_HIDDEN_FRAMES, PALETTE, SIZE, SPEEDS, describe, hidden, positions,
                                      render, sample_clip, sample_prompt, sample_scene, scene_from_prompt)
 
 MINUTE = 60 * FPS
@@ -245,3 +245,37 @@ def test_a_minute_renders_quickly():
     began = time.perf_counter()
     frames, prompt = sample_clip(3, MINUTE)
     print(f"sample_clip of {MINUTE} frames: {time.perf_counter() - began:.3f} s ({prompt!r})")
+
+
+def test_drift_redraws_the_objects_resized_faded_and_blurred_in_place():
+    scene = Scene("white", (SceneObject("square", "blue", 16, x=24.0, y=24.0, vx=0.0, vy=0.0),), "right", "slowly")
+    start = 40
+    true = render(scene, start, 1)[0]
+    assert np.array_equal(render(scene, start, 1, Drift())[0], true)
+    blue, white = np.array(PALETTE["blue"]), np.array(PALETTE["white"])
+
+    def object_pixels(frame, color):
+        return np.argwhere((frame == color).all(axis=-1))
+
+    true_pixels = object_pixels(true, blue)
+    for scale in (0.5, 1.5):
+        drawn = object_pixels(render(scene, start, 1, Drift(scale=scale))[0], blue)
+        side = max(2, round(scene.objects[0].size * scale))
+        assert len(drawn) == side * side
+        assert np.abs(drawn.mean(axis=0) - true_pixels.mean(axis=0)).max() <= 1  # about the same centre
+    faded = render(scene, start, 1, Drift(fade=0.25))[0]
+    assert np.array_equal(object_pixels(faded, np.round(0.25 * blue + 0.75 * white)), true_pixels)
+    blurred = render(scene, start, 1, Drift(blur=1.5))[0]
+    inside = tuple(np.round(true_pixels.mean(axis=0)).astype(int))  # the square's centre, 8 px from its edges
+    assert 0 < np.abs(blurred.astype(int) - true).sum() and (blurred[inside] == blue).all()  # soft edges only
+
+
+def test_drift_widens_the_pillar_about_its_centre():
+    scene = sample_scene(1, occlusion=True)
+    pillar = PALETTE[scene.pillar.color]
+
+    def columns(frame):
+        return np.flatnonzero((frame == pillar).all(axis=-1).all(axis=0))
+
+    true, wide = columns(render(scene, 0, 1)[0]), columns(render(scene, 0, 1, Drift(pillar_scale=1.2))[0])
+    assert len(wide) == round(1.2 * len(true)) and abs(wide.mean() - true.mean()) <= 1

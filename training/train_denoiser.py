@@ -61,6 +61,7 @@ class DenoiserTraining:
     remade_steps: int = 1         # ...in this many Euler steps (1: the one-step estimate)
     remade_guidance: float = 1.0  # ...at this guidance scale (the sampler's default is 3)
     remade_links: int = 1         # ...at the end of a chain of this many chunks, each remade after the one before
+    drifted_share: float = 0.0    # windows whose front chunk shows the scene drifted (world.Drift), demo world only
     object_weight: float = 0.0    # extra loss weight where the latents differ from the background (objects)
     preview_every: int = 3000
     preview_prompt: str = "a red ball bouncing on a black background"
@@ -69,16 +70,18 @@ class DenoiserTraining:
     seed: int = 0
 
 
-def cache_latents(model: LongTakeModel, source, settings: DenoiserTraining, path: Path) -> None:
+def cache_latents(model: LongTakeModel, source, settings: DenoiserTraining, path: Path, drifted: bool = False) -> None:
     """Encode `videos` videos once into latents `[N, C, T, h, w]` (float16), with the chunks where an
-    object comes back from a full occlusion (the windows that teach memory)."""
+    object comes back from a full occlusion (the windows that teach memory). `drifted`: the same videos
+    with their objects drawn drifted, one drift per video (`DemoWorld.drifted_video`)."""
     if path.exists():
         return
+    video = source.drifted_video if drifted else source.video
     frames = settings.video_chunks * model.config.frames_per_chunk
     started, latents = time.monotonic(), []
     with torch.no_grad():
         for first in range(0, settings.videos, 8):
-            batch = [source.video(i, frames) for i in range(first, min(first + 8, settings.videos))]
+            batch = [video(i, frames) for i in range(first, min(first + 8, settings.videos))]
             encoded, _ = model.vae.encode(to_pixels(np.stack(batch)).to(model.device))
             latents.append(encoded.half().cpu())
             if first % 200 == 0:
@@ -229,6 +232,9 @@ class WindowLoss(torch.nn.Module):
 def train_denoiser(config: ModelConfig, vae_state: dict, source, out: Path, settings: DenoiserTraining,
                    record: dict, initial: dict | None = None) -> Path:
     """`initial`: a trained model's weights to fine-tune from (its VAE is replaced by `vae_state`)."""
+    if settings.drifted_share and not hasattr(source, "drifted_video"):
+        raise ValueError("drifted fronts redraw the demo world's objects, which footage does not name: "
+                         "leave --drifted-share at 0 when training on a folder of videos")
     rank, world, device = setup_distributed()
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(settings.seed)
@@ -239,12 +245,15 @@ def train_denoiser(config: ModelConfig, vae_state: dict, source, out: Path, sett
     model = model.to(device)
     model.vae.requires_grad_(False)
 
-    cache_path = out / "latents.safetensors"
+    cache_path, drifted_path = out / "latents.safetensors", out / "drifted_latents.safetensors"
     if rank == 0:
         cache_latents(model, source, settings, cache_path)
+        if settings.drifted_share:
+            cache_latents(model, source, settings, drifted_path, drifted=True)
     if world > 1:
         torch.distributed.barrier()
     latents, reappear = load_latents(cache_path)
+    drifted = load_latents(drifted_path)[0] if settings.drifted_share else None
     occluded = [(v, r) for v, chunks in enumerate(reappear) for r in chunks]
 
     trained = [p for name, p in model.named_parameters() if not name.startswith("vae.")]
@@ -295,6 +304,13 @@ def train_denoiser(config: ModelConfig, vae_state: dict, source, out: Path, sett
             videos = [rng.randrange(latents.shape[0]) for _ in range(settings.batch)]
             offsets = [0 if not has_front else rng.randrange(settings.video_chunks - span + 1) for _ in videos]
         clips = torch.stack([latents[v, :, o * chunk:(o + span) * chunk] for v, o in zip(videos, offsets)])
+        if has_front and drifted is not None:
+            # The same chunk of the same video, its objects drawn drifted; the memory and the target stay true.
+            shown = torch.tensor([rng.random() < settings.drifted_share for _ in videos])
+            fronts = torch.stack([drifted[v, :, (o + prefix_chunks) * chunk:(o + prefix_chunks + 1) * chunk]
+                                  for v, o in zip(videos, offsets)])
+            front = slice(prefix_chunks * chunk, (prefix_chunks + 1) * chunk)
+            clips[:, :, front] = torch.where(shown[:, None, None, None, None], fronts, clips[:, :, front])
         clips = clips.float().to(device)
         prefix, window = clips[:, :, :prefix_chunks * chunk], clips[:, :, prefix_chunks * chunk:]
         prompts = ["" if rng.random() < settings.text_dropout else source.prompts(v, drop)(rng.randrange(1 << 30))

@@ -110,6 +110,26 @@ class Scene:
                                  f"other than the background's and the objects'")
 
 
+@dataclass(frozen=True)
+class Drift:
+    """How a model's own video strays from the world: objects that swell or shrink about their centres, fade
+    toward the background, and soft edges; a pillar that widens. Training shows the denoiser fronts drawn
+    this way with the true continuation as the target, so it learns to pull a drifted scene back rather than
+    carry the drift on. The default draws the world as it is."""
+    scale: float = 1.0         # an object's side, times its true side
+    fade: float = 1.0          # 1: the object's own color; 0: the background's
+    blur: float = 0.0          # Gaussian sigma over the whole frame, pixels
+    pillar_scale: float = 1.0  # the pillar's width, times its true width
+
+
+def sample_drift(rng: np.random.Generator) -> Drift:
+    """One drift per video, spanning what the demo model's videos show: objects from half to twice their
+    side (a quarter to four times their area), faded up to 70% of the way to the background, edges blurred
+    up to 2 pixels, the pillar up to half again as wide."""
+    return Drift(scale=float(2 ** rng.uniform(-1, 1)), fade=float(rng.uniform(0.3, 1.0)),
+                 blur=float(rng.uniform(0, 2)), pillar_scale=float(rng.uniform(1.0, 1.5)))
+
+
 def sample_scene(seed: int, occlusion: bool | None = None) -> Scene:
     """A random scene; `occlusion` forces a pillar scene (True) or none (False)."""
     rng = np.random.default_rng(seed)
@@ -254,18 +274,28 @@ def positions(scene: Scene, start: int, frames: int) -> np.ndarray:
     return corners
 
 
-def render(scene: Scene, start: int, frames: int) -> np.ndarray:
-    """Frames `start .. start + frames - 1` of the scene's endless video, uint8 `[frames, 64, 64, 3]`."""
+def render(scene: Scene, start: int, frames: int, drift: Drift | None = None) -> np.ndarray:
+    """Frames `start .. start + frames - 1` of the scene's endless video, uint8 `[frames, 64, 64, 3]`;
+    with `drift`, its objects and pillar drawn the way a model's own video loses them (see `Drift`)."""
+    drift = drift or Drift()
     corners = positions(scene, start, frames)
+    background = np.array(PALETTE[scene.background], np.float64)
     video = np.empty((frames, SIZE, SIZE, 3), np.uint8)
     video[:] = PALETTE[scene.background]
     index = np.arange(frames)[:, None]
     for i, obj in enumerate(scene.objects):  # later objects are drawn over earlier ones
-        rows, cols = np.nonzero(_sprite(obj.shape, obj.size))
-        video[index, corners[:, i, 1:2] + rows, corners[:, i, 0:1] + cols] = PALETTE[obj.color]
+        size = max(2, round(obj.size * drift.scale))
+        offset = (obj.size - size) // 2  # resized about the object's centre
+        rows, cols = np.nonzero(_sprite(obj.shape, size))
+        y, x = corners[:, i, 1:2] + offset + rows, corners[:, i, 0:1] + offset + cols
+        inside = (y >= 0) & (y < SIZE) & (x >= 0) & (x < SIZE)  # a grown object may reach past the edge
+        color = drift.fade * np.array(PALETTE[obj.color]) + (1 - drift.fade) * background
+        video[np.broadcast_to(index, y.shape)[inside], y[inside], x[inside]] = np.round(color).astype(np.uint8)
     if scene.pillar is not None:
-        video[:, :, scene.pillar.x:scene.pillar.x + scene.pillar.width] = PALETTE[scene.pillar.color]
-    return video
+        width = max(1, round(scene.pillar.width * drift.pillar_scale))
+        left = max(0, scene.pillar.x + (scene.pillar.width - width) // 2)
+        video[:, :, left:min(SIZE, left + width)] = PALETTE[scene.pillar.color]
+    return _blur(video, drift.blur) if drift.blur > 0 else video
 
 
 def hidden(scene: Scene, start: int, frames: int) -> np.ndarray:
@@ -364,6 +394,18 @@ def _sprite(shape: str, size: int) -> np.ndarray:
     # Apex at the top centre, base along the bottom row; measured from each row's bottom edge so the
     # top row is not empty.
     return np.abs(dx) <= (dy + size / 2 + 0.5) / 2
+
+
+def _blur(video: np.ndarray, sigma: float) -> np.ndarray:
+    """A Gaussian blur of each frame (edges repeated past the border), uint8 in and out."""
+    radius = max(1, math.ceil(3 * sigma))
+    taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    taps /= taps.sum()
+    x = video.astype(np.float64)
+    for axis in (1, 2):
+        padded = np.pad(x, [(radius, radius) if a == axis else (0, 0) for a in range(4)], mode="edge")
+        x = sum(w * np.take(padded, np.arange(k, k + SIZE), axis=axis) for k, w in enumerate(taps))
+    return np.round(x).clip(0, 255).astype(np.uint8)
 
 
 def _noun_phrase(words: list[str], article: str | None = None) -> str:
