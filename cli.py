@@ -167,7 +167,7 @@ def cmd_train(args) -> int:
     if args.drifted_share is not None and not 0 <= args.drifted_share <= 1:
         raise ValueError(f"--drifted-share is a share of windows: give a number from 0 to 1, got {args.drifted_share}")
     if args.drifted_share and args.videos:
-        raise ValueError("--drifted-share redraws the demo world's objects, which footage does not name: "
+        raise ValueError("--drifted-share redraws demo-world scenes, and footage has no scene to redraw: "
                          "leave it out when training on --videos")
     if args.remade_levels is not None and not 0 < args.remade_levels[0] <= args.remade_levels[1] <= 1:
         raise ValueError(f"--remade-levels LOW HIGH are noise levels with 0 < LOW <= HIGH <= 1 (1 is pure noise), "
@@ -369,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="denoiser: chunks remade in a row, each after the one remade before it, ending with "
                             "the front chunk, so it is made after the model's own chunks (default 1: the front alone)")
     train.add_argument("--drifted-share", type=float,
-                       help="denoiser, demo world only: share of windows whose clean front chunk shows the scene "
+                       help="denoiser, demo world only: share of windows with a clean front chunk that are shown it "
                             "drifted (objects resized, faded and blurred, the pillar widened) while the target "
                             "stays true, so the model learns to pull a drifting video back (default 0)")
     train.add_argument("--data-seed", type=int, default=0)

@@ -279,20 +279,21 @@ def test_drifted_fronts_show_the_same_chunk_drawn_drifted_before_the_true_contin
     from longtake.training.train_denoiser import load_latents
     seen, forward = [], WindowLoss.forward
 
-    def record(self, prefix, window, levels, prompts, has_front, *rest, **options):
+    def spy(self, prefix, window, levels, prompts, has_front, *rest, **options):
         if has_front:
             seen.append((prefix.clone(), window.clone()))
         return forward(self, prefix, window, levels, prompts, has_front, *rest, **options)
 
-    monkeypatch.setattr(WindowLoss, "forward", record)
-    vae, vae_config, record_ = load_trained_vae(trained_vae[0])
+    monkeypatch.setattr(WindowLoss, "forward", spy)
+    vae, vae_config, record = load_trained_vae(trained_vae[0])
     config = small_model_config().replace(vae=vae_config, text=TextConfig(vocab=VOCAB, width=32, depth=1, heads=2))
-    settings = DenoiserTraining(steps=6, **dict(TINY_DENOISER, drifted_share=1.0))
-    train_denoiser(config, vae.state_dict(), DemoWorld(seed=0), tmp_path, settings, {"vae": record_})
+    settings = DenoiserTraining(steps=6, **dict(TINY_DENOISER, drifted_share=0.5))
+    train_denoiser(config, vae.state_dict(), DemoWorld(seed=0), tmp_path, settings, {"vae": record})
     truth, _ = load_latents(tmp_path / "latents.safetensors")
     drifted, _ = load_latents(tmp_path / "drifted_latents.safetensors")
     chunk = config.denoiser.chunk_frames
     assert seen, "no window with a front chunk in six steps"
+    shown = []
     for prefix, window in seen:
         for row in range(window.shape[0]):
             # Find the row's place in the cache by its true prefix and continuation.
@@ -304,8 +305,11 @@ def test_drifted_fronts_show_the_same_chunk_drawn_drifted_before_the_true_contin
             assert places, "the prefix and the continuation are no longer the truth"
             v, t = places[0]
             front = t + prefix.shape[2]
-            assert torch.equal(window[row, :, :chunk], drifted[v, :, front:front + chunk].float())
-            assert not torch.equal(window[row, :, :chunk], truth[v, :, front:front + chunk].float())
+            as_drifted = torch.equal(window[row, :, :chunk], drifted[v, :, front:front + chunk].float())
+            assert as_drifted or torch.equal(window[row, :, :chunk], truth[v, :, front:front + chunk].float())
+            assert not torch.equal(drifted[v, :, front:front + chunk], truth[v, :, front:front + chunk])
+            shown.append(as_drifted)
+    assert any(shown) and not all(shown), f"a share of 0.5 drifted {sum(shown)} of {len(shown)} fronts"
 
 
 def test_object_weight_makes_errors_on_objects_cost_more(monkeypatch):

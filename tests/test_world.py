@@ -265,9 +265,16 @@ def test_drift_redraws_the_objects_resized_faded_and_blurred_in_place():
         assert np.abs(drawn.mean(axis=0) - true_pixels.mean(axis=0)).max() <= 1  # about the same centre
     faded = render(scene, start, 1, Drift(fade=0.25))[0]
     assert np.array_equal(object_pixels(faded, np.round(0.25 * blue + 0.75 * white)), true_pixels)
-    blurred = render(scene, start, 1, Drift(blur=1.5))[0]
-    inside = tuple(np.round(true_pixels.mean(axis=0)).astype(int))  # the square's centre, 8 px from its edges
-    assert 0 < np.abs(blurred.astype(int) - true).sum() and (blurred[inside] == blue).all()  # soft edges only
+    # Blur softens the edges, more with a larger sigma, and leaves the square's middle (7 px from them) alone.
+    changed = [(render(scene, start, 1, Drift(blur=sigma))[0] != true).any(axis=-1) for sigma in (0.7, 1.5)]
+    middle = np.zeros((SIZE, SIZE), bool)
+    middle[28:36, 28:36] = True
+    assert 0 < changed[0].sum() < changed[1].sum() and not (changed[1] & middle).any()
+    assert np.array_equal(changed[1], changed[1][::-1, ::-1])  # symmetric about the centred square
+    # A swollen object at a corner is cut off by the frame, not wrapped round to the far edges.
+    corner = Scene("white", (SceneObject("square", "blue", 16, x=0.0, y=0.0, vx=0.0, vy=0.0),), "right", "slowly")
+    drawn = object_pixels(render(corner, 0, 1, Drift(scale=2))[0], blue)
+    assert len(drawn) == 24 * 24 and drawn.max() == 23  # 32 px about the corner square's centre, 8 px off frame
 
 
 def test_drift_widens_the_pillar_about_its_centre():

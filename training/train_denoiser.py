@@ -170,7 +170,7 @@ class WindowLoss(torch.nn.Module):
             else:
                 memories.append(model.denoiser.write(memories[-1], part(i), tokens, bias))
         memory = memories[-1]
-        distance = foreground_distance(window)  # of the truth: a remade front is context, not in the loss
+        distance = foreground_distance(window)  # before any remake: a remade front is context, not in the loss
         if remade is not None:
             # Each made as sampling made it: after the chunk before it, clean in front and not yet written into
             # memory (chunk i read the memory of its first i - 1 chunks). The memory holds the truth (what is
@@ -233,8 +233,8 @@ def train_denoiser(config: ModelConfig, vae_state: dict, source, out: Path, sett
                    record: dict, initial: dict | None = None) -> Path:
     """`initial`: a trained model's weights to fine-tune from (its VAE is replaced by `vae_state`)."""
     if settings.drifted_share and not hasattr(source, "drifted_video"):
-        raise ValueError("drifted fronts redraw the demo world's objects, which footage does not name: "
-                         "leave --drifted-share at 0 when training on a folder of videos")
+        raise ValueError("drifted fronts redraw demo-world scenes, and footage has no scene to redraw: "
+                         "leave drifted_share at 0 when training on a folder of videos")
     rank, world, device = setup_distributed()
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(settings.seed)
@@ -254,6 +254,9 @@ def train_denoiser(config: ModelConfig, vae_state: dict, source, out: Path, sett
         torch.distributed.barrier()
     latents, reappear = load_latents(cache_path)
     drifted = load_latents(drifted_path)[0] if settings.drifted_share else None
+    if drifted is not None and drifted.shape != latents.shape:
+        raise ValueError(f"{drifted_path} holds latents {tuple(drifted.shape)} where the cache beside it holds "
+                         f"{tuple(latents.shape)}: it was made for other settings; delete it to encode it again")
     occluded = [(v, r) for v, chunks in enumerate(reappear) for r in chunks]
 
     trained = [p for name, p in model.named_parameters() if not name.startswith("vae.")]
@@ -306,6 +309,7 @@ def train_denoiser(config: ModelConfig, vae_state: dict, source, out: Path, sett
         clips = torch.stack([latents[v, :, o * chunk:(o + span) * chunk] for v, o in zip(videos, offsets)])
         if has_front and drifted is not None:
             # The same chunk of the same video, its objects drawn drifted; the memory and the target stay true.
+            # (These draws shift every later one: a run with a share repeats itself, not a run without.)
             shown = torch.tensor([rng.random() < settings.drifted_share for _ in videos])
             fronts = torch.stack([drifted[v, :, (o + prefix_chunks) * chunk:(o + prefix_chunks + 1) * chunk]
                                   for v, o in zip(videos, offsets)])

@@ -277,7 +277,7 @@ def positions(scene: Scene, start: int, frames: int) -> np.ndarray:
 def render(scene: Scene, start: int, frames: int, drift: Drift | None = None) -> np.ndarray:
     """Frames `start .. start + frames - 1` of the scene's endless video, uint8 `[frames, 64, 64, 3]`;
     with `drift`, its objects and pillar drawn the way a model's own video loses them (see `Drift`)."""
-    drift = drift or Drift()
+    drift = Drift() if drift is None else drift
     corners = positions(scene, start, frames)
     background = np.array(PALETTE[scene.background], np.float64)
     video = np.empty((frames, SIZE, SIZE, 3), np.uint8)
@@ -293,8 +293,8 @@ def render(scene: Scene, start: int, frames: int, drift: Drift | None = None) ->
         video[np.broadcast_to(index, y.shape)[inside], y[inside], x[inside]] = np.round(color).astype(np.uint8)
     if scene.pillar is not None:
         width = max(1, round(scene.pillar.width * drift.pillar_scale))
-        left = max(0, scene.pillar.x + (scene.pillar.width - width) // 2)
-        video[:, :, left:min(SIZE, left + width)] = PALETTE[scene.pillar.color]
+        left = scene.pillar.x + (scene.pillar.width - width) // 2
+        video[:, :, max(0, left):min(SIZE, left + width)] = PALETTE[scene.pillar.color]
     return _blur(video, drift.blur) if drift.blur > 0 else video
 
 
@@ -404,7 +404,7 @@ def _blur(video: np.ndarray, sigma: float) -> np.ndarray:
     x = video.astype(np.float64)
     for axis in (1, 2):
         padded = np.pad(x, [(radius, radius) if a == axis else (0, 0) for a in range(4)], mode="edge")
-        x = sum(w * np.take(padded, np.arange(k, k + SIZE), axis=axis) for k, w in enumerate(taps))
+        x = sum(w * np.take(padded, np.arange(k, k + video.shape[axis]), axis=axis) for k, w in enumerate(taps))
     return np.round(x).clip(0, 255).astype(np.uint8)
 
 
