@@ -369,9 +369,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="denoiser: chunks remade in a row, each after the one remade before it, ending with "
                             "the front chunk, so it is made after the model's own chunks (default 1: the front alone)")
     train.add_argument("--drifted-share", type=float,
-                       help="denoiser, demo world only: share of windows with a clean front chunk that are shown it "
-                            "drifted (objects resized, faded and blurred, the pillar widened) while the target "
-                            "stays true, so the model learns to pull a drifting video back (default 0)")
+                       help="denoiser, demo world only: share of windows with a clean front chunk whose memory "
+                            "and front show the video drifted (objects resized, faded and blurred, the pillar "
+                            "widened) while the target stays true, so the model learns to pull a drifting video "
+                            "back (default 0)")
     train.add_argument("--data-seed", type=int, default=0)
     train.add_argument("--ship", action="store_true", help="also write the result as the bundled demo model (float16)")
     train.set_defaults(run=cmd_train)

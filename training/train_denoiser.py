@@ -308,13 +308,13 @@ def train_denoiser(config: ModelConfig, vae_state: dict, source, out: Path, sett
             offsets = [0 if not has_front else rng.randrange(settings.video_chunks - span + 1) for _ in videos]
         clips = torch.stack([latents[v, :, o * chunk:(o + span) * chunk] for v, o in zip(videos, offsets)])
         if has_front and drifted is not None:
-            # The same chunk of the same video, its objects drawn drifted; the memory and the target stay true.
+            # The same chunks of the same video, its objects drawn drifted, up to the front: what is written into
+            # memory and what the window starts from drift alike, as in sampling; the target stays true.
             # (These draws shift every later one: a run with a share repeats itself, not a run without.)
             shown = torch.tensor([rng.random() < settings.drifted_share for _ in videos])
-            fronts = torch.stack([drifted[v, :, (o + prefix_chunks) * chunk:(o + prefix_chunks + 1) * chunk]
-                                  for v, o in zip(videos, offsets)])
-            front = slice(prefix_chunks * chunk, (prefix_chunks + 1) * chunk)
-            clips[:, :, front] = torch.where(shown[:, None, None, None, None], fronts, clips[:, :, front])
+            past = slice(0, (prefix_chunks + 1) * chunk)
+            pasts = torch.stack([drifted[v, :, o * chunk:(o + prefix_chunks + 1) * chunk] for v, o in zip(videos, offsets)])
+            clips[:, :, past] = torch.where(shown[:, None, None, None, None], pasts, clips[:, :, past])
         clips = clips.float().to(device)
         prefix, window = clips[:, :, :prefix_chunks * chunk], clips[:, :, prefix_chunks * chunk:]
         prompts = ["" if rng.random() < settings.text_dropout else source.prompts(v, drop)(rng.randrange(1 << 30))
