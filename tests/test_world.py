@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from longtake.training.vocab import COLORS, VOCAB
-from longtake.training.world import (FPS, Drift, Scene, SceneObject, MIN_HIDDEN_FRAMES, PALETTE, SIZE, SPEEDS, describe, hidden, positions,
-                                     render, sample_clip, sample_prompt, sample_scene, scene_from_prompt)
+from longtake.training.world import (FPS, MIN_HIDDEN_FRAMES, PALETTE, SIZE, SPEEDS, Drift, Scene, SceneObject,
+                                     describe, hidden, positions, render, sample_clip, sample_prompt, sample_scene,
+                                     scene_from_prompt)
 
 MINUTE = 60 * FPS
 

@@ -61,7 +61,7 @@ class DenoiserTraining:
     remade_steps: int = 1         # ...in this many Euler steps (1: the one-step estimate)
     remade_guidance: float = 1.0  # ...at this guidance scale (the sampler's default is 3)
     remade_links: int = 1         # ...at the end of a chain of this many chunks, each remade after the one before
-    drifted_share: float = 0.0    # windows whose front chunk shows the scene drifted (world.Drift), demo world only
+    drifted_share: float = 0.0    # windows whose past (memory and front) shows the scene drifted (world.Drift), demo world only
     object_weight: float = 0.0    # extra loss weight where the latents differ from the background (objects)
     preview_every: int = 3000
     preview_prompt: str = "a red ball bouncing on a black background"
@@ -233,7 +233,7 @@ def train_denoiser(config: ModelConfig, vae_state: dict, source, out: Path, sett
                    record: dict, initial: dict | None = None) -> Path:
     """`initial`: a trained model's weights to fine-tune from (its VAE is replaced by `vae_state`)."""
     if settings.drifted_share and not hasattr(source, "drifted_video"):
-        raise ValueError("drifted fronts redraw demo-world scenes, and footage has no scene to redraw: "
+        raise ValueError("drifted pasts redraw demo-world scenes, and footage has no scene to redraw: "
                          "leave drifted_share at 0 when training on a folder of videos")
     rank, world, device = setup_distributed()
     out.mkdir(parents=True, exist_ok=True)

@@ -113,7 +113,7 @@ class Scene:
 @dataclass(frozen=True)
 class Drift:
     """How a model's own video strays from the world: objects that swell or shrink about their centres, fade
-    toward the background, and soft edges; a pillar that widens. Training shows the denoiser fronts drawn
+    toward the background, and soft edges; a pillar that widens. Training shows the denoiser pasts drawn
     this way with the true continuation as the target, so it learns to pull a drifted scene back rather than
     carry the drift on. The default draws the world as it is."""
     scale: float = 1.0         # an object's side, times its true side
