@@ -247,13 +247,42 @@ def cmd_train(args) -> int:
 
 
 def _ship(path: Path) -> int:
-    """Install a trained model as the bundled demo model, stored in float16 to keep the repository small."""
+    """Install a trained model as the bundled demo model, stored in float16 to keep the repository small.
+
+    A model fine-tuned from one that carries a lineage (the stages that made it) gets its own stage added,
+    so the file says how all of it was made, not only its last run."""
     import torch
     from .memory import load_checkpoint, save_checkpoint
+    model = load_checkpoint(path)
+    record = dict(model.config.record)
+    if record.get("lineage") and record["lineage"][-1]["command"] != record.get("command"):
+        record["lineage"] = [*record["lineage"], _stage(record)]
     DEMO_MODEL.parent.mkdir(exist_ok=True)
-    save_checkpoint(load_checkpoint(path), DEMO_MODEL, dtype=torch.float16)
+    save_checkpoint(model, DEMO_MODEL, config=model.config.replace(record=record), dtype=torch.float16)
     print(f"shipped {DEMO_MODEL} ({DEMO_MODEL.stat().st_size / 1e6:.1f} MB, float16)")
     return 0
+
+
+def _stage(record: dict) -> dict:
+    """The lineage entry of the run that wrote `record`: its command, the code's commit, its time, and what it
+    trained (a decoder fine-tune records its own command; any other run trained the denoiser)."""
+    import subprocess
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parent,
+                                capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):  # an installed copy outside git
+        commit = "unknown"
+    decoder = record.get("decoder_fine_tuned", {})
+    if decoder.get("command") == record["command"]:
+        what = (f"the VAE decoder alone, {decoder['steps']:,} steps from {decoder['from_model']}: "
+                f"held-out PSNR {decoder['heldout_psnr_db']} dB")
+        seconds = decoder["seconds"]
+    else:
+        denoiser = record["denoiser"]
+        what = (f"the denoiser, {denoiser['steps']:,} steps from {record.get('fine_tuned_from', 'scratch')}: "
+                f"final smoothed loss {denoiser['final_loss']}")
+        seconds = denoiser["seconds"]
+    return dict(command=record["command"], commit=commit, seconds=seconds, what=what)
 
 
 def cmd_bench_sheet(args) -> int:

@@ -355,3 +355,22 @@ def test_train_refuses_bad_denoiser_flags_before_any_work(tmp_path, capsys):
         assert cli(["train", *args, "--out", str(tmp_path / "run")]) == 2
         assert message in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_shipping_a_fine_tune_adds_its_stage_to_the_lineage_once(tmp_path, monkeypatch):
+    from longtake import cli
+    from longtake.memory import LongTakeModel, save_checkpoint
+    earlier = dict(command="longtake train denoiser --out runs/a", commit="abc1234", seconds=10, what="the first run")
+    record = dict(command="longtake train denoiser --out runs/b --init a.safetensors", fine_tuned_from="a.safetensors",
+                  lineage=[earlier], denoiser=dict(steps=30, final_loss=0.1, seconds=20))
+    model = LongTakeModel(small_model_config())
+    save_checkpoint(model, tmp_path / "tuned.safetensors", config=model.config.replace(record=record))
+    monkeypatch.setattr(cli, "DEMO_MODEL", tmp_path / "models" / "demo.safetensors")
+    assert cli._ship(tmp_path / "tuned.safetensors") == 0
+    lineage = load_checkpoint(cli.DEMO_MODEL).config.record["lineage"]
+    assert lineage[0] == earlier and len(lineage) == 2
+    assert lineage[1]["command"] == record["command"] and lineage[1]["seconds"] == 20
+    assert "30 steps from a.safetensors" in lineage[1]["what"] and lineage[1]["commit"]
+    # The shipped file shipped again (or a model from scratch, with no lineage) is left as it is.
+    assert cli._ship(cli.DEMO_MODEL) == 0
+    assert load_checkpoint(cli.DEMO_MODEL).config.record["lineage"] == lineage
