@@ -157,7 +157,7 @@ def cmd_train(args) -> int:
     denoiser_only = {"--object-weight": args.object_weight, "--remade-share": args.remade_share,
                      "--remade-levels": args.remade_levels, "--remade-steps": args.remade_steps,
                      "--remade-guidance": args.remade_guidance, "--remade-links": args.remade_links,
-                     "--drifted-share": args.drifted_share}
+                     "--drifted-share": args.drifted_share, "--drift-easing": args.drift_easing}
     given = [flag for flag, value in denoiser_only.items() if value is not None]
     if given and args.stage not in ("denoiser", "demo"):
         raise ValueError(f"{given[0]} sets how the denoiser is trained: give it to the denoiser or demo stage, "
@@ -166,6 +166,11 @@ def cmd_train(args) -> int:
         raise ValueError(f"--remade-share is a share of windows: give a number from 0 to 1, got {args.remade_share}")
     if args.drifted_share is not None and not 0 <= args.drifted_share <= 1:
         raise ValueError(f"--drifted-share is a share of windows: give a number from 0 to 1, got {args.drifted_share}")
+    if args.drift_easing is not None and not args.drifted_share:
+        raise ValueError("--drift-easing eases the drifted windows back to the truth: give it with --drifted-share")
+    if args.drift_easing is not None and not 0 <= args.drift_easing <= DenoiserTraining.window_chunks:
+        raise ValueError(f"--drift-easing counts noisy chunks of the window: give 0 to "
+                         f"{DenoiserTraining.window_chunks}, got {args.drift_easing}")
     if args.drifted_share and args.videos:
         raise ValueError("--drifted-share redraws demo-world scenes, and footage has no scene to redraw: "
                          "leave it out when training on --videos")
@@ -238,7 +243,7 @@ def cmd_train(args) -> int:
                                  ("remade_share", args.remade_share), ("remade_steps", args.remade_steps),
                                  ("remade_guidance", args.remade_guidance), ("remade_links", args.remade_links),
                                  ("remade_levels", args.remade_levels and tuple(args.remade_levels)),
-                                 ("drifted_share", args.drifted_share))
+                                 ("drifted_share", args.drifted_share), ("drift_easing", args.drift_easing))
                if v is not None}
     settings = dataclasses.replace(settings, **changes)
     record["command"] = args.command_line
@@ -402,6 +407,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "and front show the video drifted (objects resized, faded and blurred, the pillar "
                             "widened) while the target stays true, so the model learns to pull a drifting video "
                             "back (default 0)")
+    train.add_argument("--drift-easing", type=int,
+                       help="denoiser, with --drifted-share: the window's first this-many noisy chunks show the "
+                            "drift easing back to the truth by equal steps, so the model learns to pull back "
+                            "gradually rather than jump at the front (default 0: the truth right after the front)")
     train.add_argument("--data-seed", type=int, default=0)
     train.add_argument("--ship", action="store_true", help="also write the result as the bundled demo model (float16)")
     train.set_defaults(run=cmd_train)

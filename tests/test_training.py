@@ -274,10 +274,12 @@ def test_remade_links_make_the_front_after_the_models_own_chunks(monkeypatch):
     assert torch.equal(calls[1][0], piece(0) + 100)
 
 
-def test_drifted_rows_show_the_past_drawn_drifted_before_the_true_continuation(trained_vae, tmp_path, monkeypatch):
-    """In a drifted row the chunks written into memory and the front are the drifted video's; the chunks the
-    loss is on stay true. Other rows are true throughout."""
-    from longtake.training.train_denoiser import load_latents
+def test_drifted_rows_show_the_past_drawn_drifted_and_the_drift_easing_back_to_the_truth(trained_vae, tmp_path,
+                                                                                       monkeypatch):
+    """In a drifted row the chunks written into memory and the front are the drifted video's, the next two
+    chunks show two thirds and then one third of that drift, and the rest of the window is true. Other rows
+    are true throughout."""
+    from longtake.training.train_denoiser import drifted_cache, load_latents
     seen, forward = [], WindowLoss.forward
 
     def spy(self, prefix, window, levels, prompts, has_front, *rest, **options):
@@ -288,25 +290,32 @@ def test_drifted_rows_show_the_past_drawn_drifted_before_the_true_continuation(t
     monkeypatch.setattr(WindowLoss, "forward", spy)
     vae, vae_config, record = load_trained_vae(trained_vae[0])
     config = small_model_config().replace(vae=vae_config, text=TextConfig(vocab=VOCAB, width=32, depth=1, heads=2))
-    settings = DenoiserTraining(steps=8, **dict(TINY_DENOISER, drifted_share=0.5))
+    settings = DenoiserTraining(steps=8, **dict(TINY_DENOISER, drifted_share=0.5, drift_easing=2))
     train_denoiser(config, vae.state_dict(), DemoWorld(seed=0), tmp_path, settings, {"vae": record})
     truth, _ = load_latents(tmp_path / "latents.safetensors")
-    drifted, _ = load_latents(tmp_path / "drifted_latents.safetensors")
+    drifted, eased = (load_latents(drifted_cache(tmp_path, amount))[0] for amount in (1, 1 / 3))
+    assert not torch.equal(eased, drifted) and not torch.equal(eased, truth)
     chunk = config.denoiser.chunk_frames
     assert seen, "no window with a front chunk in eight steps"
     shown = []
     for prefix, window in seen:
         past_frames = prefix.shape[2] + chunk
         for row in range(window.shape[0]):
-            after = window[row, :, chunk:]  # the chunks the loss is on
+            after = window[row, :, 3 * chunk:]  # after the front and the two easing chunks
             places = [(v, t) for v in range(truth.shape[0])
-                      for t in range(past_frames, truth.shape[2] - after.shape[1] + 1, chunk)
+                      for t in range(past_frames + 2 * chunk, truth.shape[2] - after.shape[1] + 1, chunk)
                       if torch.equal(truth[v, :, t:t + after.shape[1]].float(), after)]
-            assert places, "the continuation is no longer the truth"
+            assert places, "the window no longer ends in the truth"
             v, t = places[0]
+            start = t - 2 * chunk - past_frames
             past = torch.cat([prefix[row], window[row, :, :chunk]], dim=1)
-            as_drifted = torch.equal(past, drifted[v, :, t - past_frames:t].float())
-            assert as_drifted or torch.equal(past, truth[v, :, t - past_frames:t].float())
+            last_eased = window[row, :, 2 * chunk:3 * chunk]
+            as_drifted = torch.equal(past, drifted[v, :, start:start + past_frames].float())
+            if as_drifted:
+                assert torch.equal(last_eased, eased[v, :, t - chunk:t].float()), "the drift does not ease back"
+            else:
+                assert torch.equal(past, truth[v, :, start:start + past_frames].float())
+                assert torch.equal(last_eased, truth[v, :, t - chunk:t].float())
             shown.append(as_drifted)
     assert any(shown) and not all(shown), f"a share of 0.5 drifted {sum(shown)} of {len(shown)} rows"
 
@@ -351,7 +360,9 @@ def test_train_refuses_bad_denoiser_flags_before_any_work(tmp_path, capsys):
                           (["denoiser", "--remade-links", "0"], "--remade-links must be at least 1"),
                           (["vae", "--remade-steps", "8"], "give it to the denoiser or demo stage"),
                           (["denoiser", "--drifted-share", "1.5"], "give a number from 0 to 1"),
-                          (["denoiser", "--drifted-share", "0.3", "--videos", str(tmp_path)], "footage")):
+                          (["denoiser", "--drifted-share", "0.3", "--videos", str(tmp_path)], "footage"),
+                          (["denoiser", "--drift-easing", "2"], "with --drifted-share"),
+                          (["denoiser", "--drifted-share", "0.5", "--drift-easing", "5"], "0 to 4")):
         assert cli(["train", *args, "--out", str(tmp_path / "run")]) == 2
         assert message in capsys.readouterr().err
     assert not (tmp_path / "run").exists()

@@ -287,3 +287,12 @@ def test_drift_widens_the_pillar_about_its_centre():
 
     true, wide = columns(render(scene, 0, 1)[0]), columns(render(scene, 0, 1, Drift(pillar_scale=1.2))[0])
     assert len(wide) == round(1.2 * len(true)) and abs(wide.mean() - true.mean()) <= 1
+
+
+def test_drift_eases_back_to_the_world_as_it_is():
+    drift = Drift(scale=4.0, fade=0.4, blur=1.5, pillar_scale=1.44)
+    assert drift.toward_truth(1) == drift and drift.toward_truth(0) == Drift()
+    half = drift.toward_truth(0.5)
+    assert (half.scale, half.fade, half.blur, half.pillar_scale) == pytest.approx((2.0, 0.7, 0.75, 1.2))
+    scene = sample_scene(1, occlusion=True)
+    assert np.array_equal(render(scene, 0, 2, drift.toward_truth(0)), render(scene, 0, 2))

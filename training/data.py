@@ -31,10 +31,11 @@ class DemoWorld:
     def video(self, i: int, frames: int) -> np.ndarray:
         return world.render(self._scene(i), self._start(i), frames)
 
-    def drifted_video(self, i: int, frames: int) -> np.ndarray:
-        """`video(i, frames)` with its objects drawn the way a model's own video drifts, one drift per video."""
-        return world.render(self._scene(i), self._start(i), frames,
-                            world.sample_drift(np.random.default_rng([self.seed, i])))
+    def drifted_video(self, i: int, frames: int, amount: float = 1.0) -> np.ndarray:
+        """`video(i, frames)` with its objects drawn the way a model's own video drifts, one drift per video;
+        `amount` of that drift (`Drift.toward_truth`)."""
+        drift = world.sample_drift(np.random.default_rng([self.seed, i])).toward_truth(amount)
+        return world.render(self._scene(i), self._start(i), frames, drift)
 
     def _start(self, i: int) -> int:
         return random.Random(self.seed * 7919 + i).randrange(0, 24 * 600)

@@ -62,6 +62,8 @@ class DenoiserTraining:
     remade_guidance: float = 1.0  # ...at this guidance scale (the sampler's default is 3)
     remade_links: int = 1         # ...at the end of a chain of this many chunks, each remade after the one before
     drifted_share: float = 0.0    # windows whose past (memory and front) shows the scene drifted (world.Drift), demo world only
+    drift_easing: int = 0         # ...and whose first this-many noisy chunks still show part of the drift, easing back
+                                  # to the truth by equal steps, so the model learns a pull-back without a jump at the front
     object_weight: float = 0.0    # extra loss weight where the latents differ from the background (objects)
     preview_every: int = 3000
     preview_prompt: str = "a red ball bouncing on a black background"
@@ -70,13 +72,13 @@ class DenoiserTraining:
     seed: int = 0
 
 
-def cache_latents(model: LongTakeModel, source, settings: DenoiserTraining, path: Path, drifted: bool = False) -> None:
+def cache_latents(model: LongTakeModel, source, settings: DenoiserTraining, path: Path, drift: float = 0.0) -> None:
     """Encode `videos` videos once into latents `[N, C, T, h, w]` (float16), with the chunks where an
-    object comes back from a full occlusion (the windows that teach memory). `drifted`: the same videos
-    with their objects drawn drifted, one drift per video (`DemoWorld.drifted_video`)."""
+    object comes back from a full occlusion (the windows that teach memory). `drift` above 0: the same
+    videos with their objects drawn drifted, that amount of one drift per video (`DemoWorld.drifted_video`)."""
     if path.exists():
         return
-    video = source.drifted_video if drifted else source.video
+    video = (lambda i, frames: source.drifted_video(i, frames, drift)) if drift else source.video
     frames = settings.video_chunks * model.config.frames_per_chunk
     started, latents = time.monotonic(), []
     with torch.no_grad():
@@ -89,6 +91,11 @@ def cache_latents(model: LongTakeModel, source, settings: DenoiserTraining, path
     reappear = [sorted({f // model.config.frames_per_chunk for f in source.reappearances(i, frames)})
                 for i in range(settings.videos)]
     save_file({"latents": torch.cat(latents)}, str(path), metadata={"reappear": json.dumps(reappear)})
+
+
+def drifted_cache(out: Path, amount: float) -> Path:
+    """Where a run keeps its videos drawn with `amount` of their drift (the whole drift keeps its old name)."""
+    return out / ("drifted_latents.safetensors" if amount == 1 else f"drifted_latents_{amount:.3f}.safetensors")
 
 
 def load_latents(path: Path) -> tuple[torch.Tensor, list[list[int]]]:
@@ -232,6 +239,9 @@ class WindowLoss(torch.nn.Module):
 def train_denoiser(config: ModelConfig, vae_state: dict, source, out: Path, settings: DenoiserTraining,
                    record: dict, initial: dict | None = None) -> Path:
     """`initial`: a trained model's weights to fine-tune from (its VAE is replaced by `vae_state`)."""
+    if not 0 <= settings.drift_easing <= settings.window_chunks:
+        raise ValueError(f"drift_easing eases the drift over the window's noisy chunks: give 0 to "
+                         f"{settings.window_chunks}, got {settings.drift_easing}")
     if settings.drifted_share and not hasattr(source, "drifted_video"):
         raise ValueError("drifted pasts redraw demo-world scenes, and footage has no scene to redraw: "
                          "leave drifted_share at 0 when training on a folder of videos")
@@ -245,18 +255,23 @@ def train_denoiser(config: ModelConfig, vae_state: dict, source, out: Path, sett
     model = model.to(device)
     model.vae.requires_grad_(False)
 
-    cache_path, drifted_path = out / "latents.safetensors", out / "drifted_latents.safetensors"
+    cache_path = out / "latents.safetensors"
+    # All of the drift for the past, then what is left of it in each easing chunk: 1, then n/(n+1) ... 1/(n+1).
+    drift_amounts = [1 - j / (settings.drift_easing + 1) for j in range(settings.drift_easing + 1)] \
+        if settings.drifted_share else []
+    drifted_paths = [drifted_cache(out, amount) for amount in drift_amounts]
     if rank == 0:
         cache_latents(model, source, settings, cache_path)
-        if settings.drifted_share:
-            cache_latents(model, source, settings, drifted_path, drifted=True)
+        for amount, path in zip(drift_amounts, drifted_paths):
+            cache_latents(model, source, settings, path, drift=amount)
     if world > 1:
         torch.distributed.barrier()
     latents, reappear = load_latents(cache_path)
-    drifted = load_latents(drifted_path)[0] if settings.drifted_share else None
-    if drifted is not None and drifted.shape != latents.shape:
-        raise ValueError(f"{drifted_path} holds latents {tuple(drifted.shape)} where the cache beside it holds "
-                         f"{tuple(latents.shape)}: it was made for other settings; delete it to encode it again")
+    drifted = [load_latents(path)[0] for path in drifted_paths]  # [the past's, then each easing chunk's]
+    for path, cached in zip(drifted_paths, drifted):
+        if cached.shape != latents.shape:
+            raise ValueError(f"{path} holds latents {tuple(cached.shape)} where the cache beside it holds "
+                             f"{tuple(latents.shape)}: it was made for other settings; delete it to encode it again")
     occluded = [(v, r) for v, chunks in enumerate(reappear) for r in chunks]
 
     trained = [p for name, p in model.named_parameters() if not name.startswith("vae.")]
@@ -307,14 +322,18 @@ def train_denoiser(config: ModelConfig, vae_state: dict, source, out: Path, sett
             videos = [rng.randrange(latents.shape[0]) for _ in range(settings.batch)]
             offsets = [0 if not has_front else rng.randrange(settings.video_chunks - span + 1) for _ in videos]
         clips = torch.stack([latents[v, :, o * chunk:(o + span) * chunk] for v, o in zip(videos, offsets)])
-        if has_front and drifted is not None:
+        if has_front and drifted:
             # The same chunks of the same video, its objects drawn drifted, up to the front: what is written into
-            # memory and what the window starts from drift alike, as in sampling; the target stays true.
-            # (These draws shift every later one: a run with a share repeats itself, not a run without.)
-            shown = torch.tensor([rng.random() < settings.drifted_share for _ in videos])
-            past = slice(0, (prefix_chunks + 1) * chunk)
-            pasts = torch.stack([drifted[v, :, o * chunk:(o + prefix_chunks + 1) * chunk] for v, o in zip(videos, offsets)])
-            clips[:, :, past] = torch.where(shown[:, None, None, None, None], pasts, clips[:, :, past])
+            # memory and what the window starts from drift alike, as in sampling; the target is the truth, after
+            # the easing chunks when there are any. (These draws shift every later one: a run with a share
+            # repeats itself, not a run without.)
+            shown = torch.tensor([rng.random() < settings.drifted_share for _ in videos])[:, None, None, None, None]
+            for j, cache in enumerate(drifted):
+                part = slice(0, (prefix_chunks + 1) * chunk) if j == 0 else \
+                    slice((prefix_chunks + j) * chunk, (prefix_chunks + j + 1) * chunk)
+                drawn = torch.stack([cache[v, :, o * chunk + part.start:o * chunk + part.stop]
+                                     for v, o in zip(videos, offsets)])
+                clips[:, :, part] = torch.where(shown, drawn, clips[:, :, part])
         clips = clips.float().to(device)
         prefix, window = clips[:, :, :prefix_chunks * chunk], clips[:, :, prefix_chunks * chunk:]
         prompts = ["" if rng.random() < settings.text_dropout else source.prompts(v, drop)(rng.randrange(1 << 30))

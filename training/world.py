@@ -121,6 +121,12 @@ class Drift:
     blur: float = 0.0          # Gaussian sigma over the whole frame, pixels
     pillar_scale: float = 1.0  # the pillar's width, times its true width
 
+    def toward_truth(self, amount: float) -> "Drift":
+        """This drift with only `amount` of it left (1: all of it, 0: the world as it is), each part eased
+        back on its own scale (sizes geometrically, fade and blur linearly)."""
+        return Drift(scale=self.scale ** amount, fade=self.fade + (1 - self.fade) * (1 - amount), blur=self.blur * amount,
+                     pillar_scale=self.pillar_scale ** amount)
+
 
 def sample_drift(rng: np.random.Generator) -> Drift:
     """One drift per video, spanning what the demo model's videos show: objects from half to twice their
