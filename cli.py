@@ -157,7 +157,8 @@ def cmd_train(args) -> int:
     denoiser_only = {"--object-weight": args.object_weight, "--remade-share": args.remade_share,
                      "--remade-levels": args.remade_levels, "--remade-steps": args.remade_steps,
                      "--remade-guidance": args.remade_guidance, "--remade-links": args.remade_links,
-                     "--drifted-share": args.drifted_share, "--drift-easing": args.drift_easing}
+                     "--drifted-share": args.drifted_share, "--drift-easing": args.drift_easing,
+                     "--grad-writes": args.grad_writes}
     given = [flag for flag, value in denoiser_only.items() if value is not None]
     if given and args.stage not in ("denoiser", "demo"):
         raise ValueError(f"{given[0]} sets how the denoiser is trained: give it to the denoiser or demo stage, "
@@ -179,6 +180,9 @@ def cmd_train(args) -> int:
                          f"got {' '.join(map(str, args.remade_levels))}")
     if args.remade_steps is not None and not args.remade_steps >= 1:
         raise ValueError(f"--remade-steps must be at least 1, got {args.remade_steps}")
+    if args.grad_writes is not None and not args.grad_writes >= 1:
+        raise ValueError(f"--grad-writes must be at least 1 (the memory learns to write only through them), "
+                         f"got {args.grad_writes}")
     if args.remade_links is not None and not args.remade_links >= 1:
         raise ValueError(f"--remade-links must be at least 1 (the front chunk alone), got {args.remade_links}")
     if args.remade_guidance is not None and not args.remade_guidance >= 0:
@@ -243,7 +247,8 @@ def cmd_train(args) -> int:
                                  ("remade_share", args.remade_share), ("remade_steps", args.remade_steps),
                                  ("remade_guidance", args.remade_guidance), ("remade_links", args.remade_links),
                                  ("remade_levels", args.remade_levels and tuple(args.remade_levels)),
-                                 ("drifted_share", args.drifted_share), ("drift_easing", args.drift_easing))
+                                 ("drifted_share", args.drifted_share), ("drift_easing", args.drift_easing),
+                                 ("grad_writes", args.grad_writes))
                if v is not None}
     settings = dataclasses.replace(settings, **changes)
     record["command"] = args.command_line
@@ -411,6 +416,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="denoiser, with --drifted-share: the window's first this-many noisy chunks show the "
                             "drift easing back to the truth by equal steps, so the model learns to pull back "
                             "gradually rather than jump at the front (default 0: the truth right after the front)")
+    train.add_argument("--grad-writes", type=int,
+                       help="denoiser: the last this-many memory writes before a window that gradients flow "
+                            "through (default 2); up to 14 teaches the memory to keep what it saw many writes "
+                            "ago, as an object hidden behind the pillar needs, at that many times the memory's cost")
     train.add_argument("--data-seed", type=int, default=0)
     train.add_argument("--ship", action="store_true", help="also write the result as the bundled demo model (float16)")
     train.set_defaults(run=cmd_train)

@@ -1,6 +1,7 @@
 """Both training stages end to end on tiny settings: they run, log, resume exactly, and ship a model."""
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -8,6 +9,7 @@ from helpers import small_model_config
 from longtake.memory import TextConfig, load_checkpoint
 from longtake.memory.vae import CausalVideoVAE
 from longtake.training.data import DemoWorld, VideoFolder, to_pixels
+import longtake.training.train_denoiser as train_denoiser_module
 from longtake.training.train_denoiser import (DenoiserTraining, WindowLoss, export, foreground_distance,
                                               noise_layout, switch_memory, train_denoiser)
 from longtake.training.train_vae import ReconstructionLoss, VAETraining, load_trained_vae, train_vae
@@ -288,6 +290,7 @@ def test_drifted_rows_show_the_past_drawn_drifted_and_the_drift_easing_back_to_t
         return forward(self, prefix, window, levels, prompts, has_front, *rest, **options)
 
     monkeypatch.setattr(WindowLoss, "forward", spy)
+    monkeypatch.setattr(train_denoiser_module, "RENDER_BLOCK", 2)  # three videos drawn in two blocks
     vae, vae_config, record = load_trained_vae(trained_vae[0])
     config = small_model_config().replace(vae=vae_config, text=TextConfig(vocab=VOCAB, width=32, depth=1, heads=2))
     settings = DenoiserTraining(steps=8, **dict(TINY_DENOISER, drifted_share=0.5, drift_easing=2))
@@ -295,6 +298,13 @@ def test_drifted_rows_show_the_past_drawn_drifted_and_the_drift_easing_back_to_t
     truth, _ = load_latents(tmp_path / "latents.safetensors")
     drifted, eased = (load_latents(drifted_cache(tmp_path, amount))[0] for amount in (1, 1 / 3))
     assert not torch.equal(eased, drifted) and not torch.equal(eased, truth)
+    # Every core draws a block of videos: the cache still holds video i in row i, drifted or not, across blocks.
+    frames = settings.video_chunks * config.frames_per_chunk
+    world = DemoWorld(seed=0)
+    with torch.no_grad():
+        for cache, draw in ((truth, world.video), (drifted, world.drifted_video)):
+            encoded = vae.encode(to_pixels(np.stack([draw(i, frames) for i in (1, 2)])))[0].half()
+            assert torch.allclose(cache[1:3].float(), encoded.float(), atol=2e-2)
     chunk = config.denoiser.chunk_frames
     assert seen, "no window with a front chunk in eight steps"
     shown = []
@@ -358,6 +368,8 @@ def test_train_refuses_bad_denoiser_flags_before_any_work(tmp_path, capsys):
                           (["denoiser", "--remade-share", "2"], "give a number from 0 to 1"),
                           (["denoiser", "--remade-steps", "0"], "--remade-steps must be at least 1"),
                           (["denoiser", "--remade-links", "0"], "--remade-links must be at least 1"),
+                          (["denoiser", "--grad-writes", "0"], "--grad-writes must be at least 1"),
+                          (["vae", "--grad-writes", "4"], "give it to the denoiser or demo stage"),
                           (["vae", "--remade-steps", "8"], "give it to the denoiser or demo stage"),
                           (["denoiser", "--drifted-share", "1.5"], "give a number from 0 to 1"),
                           (["denoiser", "--drifted-share", "0.3", "--videos", str(tmp_path)], "footage"),

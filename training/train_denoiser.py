@@ -13,8 +13,11 @@ them near pure noise, where only the prompt says what the scene is.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
+import multiprocessing
+import os
 import random
 import time
 from dataclasses import asdict, dataclass, replace
@@ -72,22 +75,28 @@ class DenoiserTraining:
     seed: int = 0
 
 
+RENDER_BLOCK = 128  # videos drawn at once, across all cores, before they are encoded
+
+
 def cache_latents(model: LongTakeModel, source, settings: DenoiserTraining, path: Path, drift: float = 0.0) -> None:
     """Encode `videos` videos once into latents `[N, C, T, h, w]` (float16), with the chunks where an
     object comes back from a full occlusion (the windows that teach memory). `drift` above 0: the same
     videos with their objects drawn drifted, that amount of one drift per video (`DemoWorld.drifted_video`)."""
     if path.exists():
         return
-    video = (lambda i, frames: source.drifted_video(i, frames, drift)) if drift else source.video
+    video = functools.partial(source.drifted_video, amount=drift) if drift else source.video
     frames = settings.video_chunks * model.config.frames_per_chunk
     started, latents = time.monotonic(), []
-    with torch.no_grad():
-        for first in range(0, settings.videos, 8):
-            batch = [video(i, frames) for i in range(first, min(first + 8, settings.videos))]
-            encoded, _ = model.vae.encode(to_pixels(np.stack(batch)).to(model.device))
-            latents.append(encoded.half().cpu())
-            if first % 200 == 0:
-                print(f"caching latents: {first}/{settings.videos} videos, {time.monotonic() - started:.0f} s", flush=True)
+    # Drawing a drifted video takes longer than encoding it on a GPU: every core draws, a block at a time so
+    # that drawn frames never pile up in memory. (Fork: the workers only draw, they never touch torch.)
+    with multiprocessing.get_context("fork").Pool(os.cpu_count() or 1) as pool, torch.no_grad():
+        for block in range(0, settings.videos, RENDER_BLOCK):
+            drawn = pool.starmap(video, [(i, frames) for i in range(block, min(block + RENDER_BLOCK, settings.videos))])
+            for first in range(0, len(drawn), 8):
+                encoded, _ = model.vae.encode(to_pixels(np.stack(drawn[first:first + 8])).to(model.device))
+                latents.append(encoded.half().cpu())
+            print(f"caching latents: {block + len(drawn)}/{settings.videos} videos, "
+                  f"{time.monotonic() - started:.0f} s", flush=True)
     reappear = [sorted({f // model.config.frames_per_chunk for f in source.reappearances(i, frames)})
                 for i in range(settings.videos)]
     save_file({"latents": torch.cat(latents)}, str(path), metadata={"reappear": json.dumps(reappear)})
