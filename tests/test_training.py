@@ -330,6 +330,24 @@ def test_drifted_rows_show_the_past_drawn_drifted_and_the_drift_easing_back_to_t
     assert any(shown) and not all(shown), f"a share of 0.5 drifted {sum(shown)} of {len(shown)} rows"
 
 
+def test_the_latent_cache_is_the_same_drawn_on_every_core_or_in_this_process_alone(trained_vae, tmp_path,
+                                                                                   monkeypatch):
+    """Where processes cannot fork (Windows) the videos are drawn one by one, into the same cache."""
+    from longtake.memory import LongTakeModel
+    from longtake.training.train_denoiser import cache_latents, load_latents
+    vae, vae_config, _ = load_trained_vae(trained_vae[0])
+    model = LongTakeModel(small_model_config().replace(vae=vae_config))
+    model.vae.load_state_dict(vae.state_dict())
+    settings = DenoiserTraining(**dict(TINY_DENOISER, videos=3))
+    monkeypatch.setattr(train_denoiser_module, "RENDER_BLOCK", 2)
+    cache_latents(model, DemoWorld(seed=0), settings, tmp_path / "forked.safetensors", drift=0.5)
+    monkeypatch.setattr(train_denoiser_module.multiprocessing, "get_all_start_methods", lambda: ["spawn"])
+    cache_latents(model, DemoWorld(seed=0), settings, tmp_path / "alone.safetensors", drift=0.5)
+    (forked, reappear), (alone, same) = (load_latents(tmp_path / name) for name in ("forked.safetensors",
+                                                                                 "alone.safetensors"))
+    assert forked.shape[0] == 3 and torch.equal(forked, alone) and reappear == same
+
+
 def test_object_weight_makes_errors_on_objects_cost_more(monkeypatch):
     from longtake.memory import LongTakeModel
     model = LongTakeModel(small_model_config())

@@ -13,6 +13,7 @@ them near pure noise, where only the prompt says what the scene is.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -88,10 +89,14 @@ def cache_latents(model: LongTakeModel, source, settings: DenoiserTraining, path
     frames = settings.video_chunks * model.config.frames_per_chunk
     started, latents = time.monotonic(), []
     # Drawing a drifted video takes longer than encoding it on a GPU: every core draws, a block at a time so
-    # that drawn frames never pile up in memory. (Fork: the workers only draw, they never touch torch.)
-    with multiprocessing.get_context("fork").Pool(os.cpu_count() or 1) as pool, torch.no_grad():
+    # that drawn frames never pile up in memory. (Fork: the workers only draw, they never touch torch. Where
+    # processes cannot fork, as on Windows, this process draws alone.)
+    forking = "fork" in multiprocessing.get_all_start_methods()
+    pool = multiprocessing.get_context("fork").Pool(os.cpu_count() or 1) if forking else contextlib.nullcontext()
+    with pool, torch.no_grad():
+        draw = pool.starmap if forking else (lambda function, calls: [function(*call) for call in calls])
         for block in range(0, settings.videos, RENDER_BLOCK):
-            drawn = pool.starmap(video, [(i, frames) for i in range(block, min(block + RENDER_BLOCK, settings.videos))])
+            drawn = draw(video, [(i, frames) for i in range(block, min(block + RENDER_BLOCK, settings.videos))])
             for first in range(0, len(drawn), 8):
                 encoded, _ = model.vae.encode(to_pixels(np.stack(drawn[first:first + 8])).to(model.device))
                 latents.append(encoded.half().cpu())
