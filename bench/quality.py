@@ -16,6 +16,11 @@ measure is a small pure function of them, taken over 2-second clips:
 Two reference rows bound what a model can score: the demo world's own videos of the prompts, and those
 videos encoded and decoded by the model's VAE (a perfect denoiser with this VAE).
 
+Return from occlusion: progressive continues the world's own video of each occlusion prompt from where its
+object has just gone behind the pillar, with memory and with memory off, on several seeds. The front chunk
+shows the pillar alone and the prompt names no object color, so the object's color is in memory or nowhere:
+many events where the minute-long videos give a few, and the memory's part in them alone.
+
 Continuation: each sampler also continues the demo world's own first 2 s of every prompt that names an
 object color for 10 s, and each named object's area (pixels near its color) is compared per clip with the
 world's own next 10 s: below 1 the object fades, above 1 it swells. This asks only the denoiser, from a
@@ -40,7 +45,7 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from ..training.world import PALETTE, SPELLINGS, render, scene_from_prompt
+from ..training.world import PALETTE, SPELLINGS, hidden, render, scene_from_prompt
 
 SAMPLERS = ("progressive", "rw", "rn")
 WORLD = "world"  # the row of the demo world's own videos
@@ -66,6 +71,8 @@ MEASURES = {  # name: (table heading, unit the criterion counts)
 # with prompt i at seed + i they never meet the table's own seeds of any of its prompts.
 OCCLUSION_SEED_STRIDE = 100
 START_SECONDS, CONTINUE_SECONDS = 2.0, 10.0  # continuation: the world's start, and how long to go on from it
+RETURN_SECONDS = 4.0  # return from occlusion: how long the model has to bring the hidden object back
+RETURN_HIDDEN_CHUNKS = 2  # ...cut this many chunks after the object went behind the pillar: the front shows none of it
 KEPT_AREA = (0.5, 2.0)  # an object is kept when its area in the last clip lies within these times the world's
 FAST_PROMPTS, FAST_SECONDS = 2, 4.0
 
@@ -363,9 +370,9 @@ def table(report: dict) -> str:
     more_seeds = occlusion_seeds_table(report)
     if more_seeds:
         lines += ["", more_seeds]
-    continuation = continuation_table(report)
-    if continuation:
-        lines += ["", continuation]
+    for extra in (return_table(report), continuation_table(report)):
+        if extra:
+            lines += ["", extra]
     return "\n".join(lines)
 
 
@@ -505,10 +512,97 @@ def continue_world(model, prompts: list[str], checks: list[Checks], base, sample
     return {name: run for name, run in runs.items() if run is not None}
 
 
+def return_cut(scene, fps: float, window: int, frames_per_chunk: int) -> tuple[int, int] | None:
+    """(cut, the world's return) for a pillar scene: the frame where the world's video is cut, a few chunks after
+    its one object went entirely behind the pillar, on a hiding longer than the window, after at least
+    COLOR_SECONDS in view; None when the first minute has no such hiding."""
+    first = round(COLOR_SECONDS * fps)
+    hidden_at = hidden(scene, 0, round(60 * fps))[:, 0]
+    for start, stop in hidden_runs(~hidden_at):
+        if start >= first and stop - start >= window:
+            return start + RETURN_HIDDEN_CHUNKS * frames_per_chunk, stop
+    return None
+
+
+def returned(nearest: np.ndarray, background: str, pillar: str, span: int) -> tuple[int | None, str | None]:
+    """(first frame in view, its dominant color over the `span` frames from there) of a video that starts with
+    its object hidden, as `occlusion_events` reads an object; (None, None) when it never shows."""
+    others = [i for i, c in enumerate(COLORS) if c not in (background, pillar)]
+    counts = nearest[:, others]
+    shown = np.flatnonzero(counts.sum(1) >= VISIBLE_PIXELS)
+    if not len(shown):
+        return None, None
+    back = int(shown[0])
+    return back, COLORS[others[int(counts[back:back + span].sum(0).argmax())]]
+
+
+def return_from_occlusion(model, prompts: list[str], checks: list[Checks], base, seed: int, starts: int,
+                          seconds: float, out_dir: Path, device: str, progress: Callable[[str], None]) -> dict:
+    """For each occlusion prompt and `starts` seeds (`seed + i + OCCLUSION_SEED_STRIDE k`; k = 0 is the scene of
+    the prompt's minute-long video), the world's own video up to `return_cut`, continued by progressive for
+    `seconds` with memory and with memory off; whether the object comes back, and in its true color."""
+    import torch
+    from ..samplers import LongVideo, PromptSchedule, render_mp4
+    from ..training.data import to_pixels
+    fps, fpc = model.config.fps, model.config.frames_per_chunk
+    window = (replace(base, mode="progressive").clean_in_front() + base.window_chunks) * fpc
+    runs = {True: [], False: []}
+    for i, (prompt, check) in enumerate(zip(prompts, checks)):
+        if check.occlusion is None:
+            continue
+        for k in range(starts):
+            scene_seed = seed + i + OCCLUSION_SEED_STRIDE * k
+            scene = scene_from_prompt(prompt, scene_seed)
+            found = return_cut(scene, fps, window, fpc)
+            if found is None:
+                continue
+            cut, world_back = found
+            start = to_pixels(render(scene, 0, cut))[0].to(device)
+            for memory in runs:
+                path = out_dir / f"return-{'memory' if memory else 'memory-off'}-{i:02d}-seed{scene_seed}.mp4"
+                settings = replace(base, mode="progressive", seed=scene_seed)
+                with torch.no_grad():
+                    render_mp4(LongVideo(model, PromptSchedule.single(prompt), seconds, fps, settings, start=start,
+                                         use_memory=memory), path)
+                back, color = returned(features(mp4_frames(path)).nearest, *check.occlusion, round(COLOR_SECONDS * fps))
+                truth = scene.objects[0].color
+                runs[memory].append(dict(prompt=prompt, seed=scene_seed, mp4=path.name, cut=cut,
+                                         world_back=world_back - cut, color=truth, back_at=back, after=color,
+                                         same=color == truth))
+        progress(f"return from occlusion: {prompt}")
+    result = {}
+    for memory, events in runs.items():
+        back = [e for e in events if e["back_at"] is not None]
+        per_prompt = {}
+        for e in back:
+            per_prompt.setdefault(e["prompt"], []).append(e["same"])
+        result["on" if memory else "off"] = dict(
+            starts=len(events), back=len(back), kept=sum(e["same"] for e in back),
+            share=share([e["same"] for e in back]), interval=interval(list(per_prompt.values())), events=events)
+    return result
+
+
+def return_table(report: dict) -> str:
+    runs = report.get("return_from_occlusion") or {}
+    if not runs or not any(r["starts"] for r in runs.values()):
+        return ""
+    lines = [f"Return from occlusion: progressive continues the world's own video of each occlusion prompt from "
+             f"{RETURN_HIDDEN_CHUNKS} chunks after its object went behind the pillar, for {report['return_seconds']:g} "
+             "s; the prompt names no object color, so only memory holds it:", "",
+             f"| memory | back in its color (>= {CRITERIA['occlusion']:.0%} of returns) | returns | starts |",
+             "|---|---|---|---|"]
+    for memory, run in runs.items():
+        cell = "n/a (no returns)" if run["share"] is None else \
+            f"{with_interval(run['share'], run['interval'])} {passes('occlusion', run['share'])} ({run['kept']} of {run['back']})"
+        lines.append(f"| {memory} | {cell} | {run['back']} | {run['starts']} |")
+    return "\n".join(lines)
+
+
 # ----- the run -----
 def run_quality(checkpoint: str | Path, out_dir: Path, seconds: float = 60, prompts: list[str] | None = None,
                 samplers=SAMPLERS, steps: int | None = None, seed: int = 0, guidance: float | None = None,
-                memory_strength: float | None = None, occlusion_seeds: int = 0, progress: Callable[[str], None] = print,
+                memory_strength: float | None = None, occlusion_seeds: int = 0, return_starts: int = 10,
+                progress: Callable[[str], None] = print,
                 device: str = "cpu") -> dict:
     """Generate every prompt with every sampler (and progressive with memory off on occlusion prompts),
     measure, and write the mp4s, quality.json, table.md and one PNG per measure into `out_dir`.
@@ -516,6 +610,7 @@ def run_quality(checkpoint: str | Path, out_dir: Path, seconds: float = 60, prom
     Prompt `i` uses seed `seed + i` with every sampler, so the samplers differ only in how they sample.
     `occlusion_seeds`: that many more seeds (`seed + 100 k`; a larger multiple of 100 past 100 prompts) for
     the occlusion prompts, every row, counted for the occlusion measure alone: a seed's few events say little.
+    `return_starts`: seeds per occlusion prompt for the return from occlusion (`return_from_occlusion`).
     """
     import torch
     from ..memory import load_checkpoint
@@ -537,6 +632,8 @@ def run_quality(checkpoint: str | Path, out_dir: Path, seconds: float = 60, prom
         raise ValueError(f"give at least one sampler of {', '.join(SAMPLERS)}")
     if occlusion_seeds < 0:
         raise ValueError(f"occlusion seeds must be 0 or more, got {occlusion_seeds}")
+    if return_starts < 0:
+        raise ValueError(f"return starts must be 0 or more, got {return_starts}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     overrides = {"steps": steps, "guidance": guidance, "memory_strength": memory_strength}
@@ -621,6 +718,9 @@ def run_quality(checkpoint: str | Path, out_dir: Path, seconds: float = 60, prom
                                    timelines=timelines(measured, round(CLIP_SECONDS * fps)), videos=measured)
     report["continuation"] = continue_world(model, prompts, checks, base, samplers, seed,
                                             min(CONTINUE_SECONDS, seconds), out_dir, device, progress)
+    report["return_seconds"] = min(RETURN_SECONDS, seconds)
+    report["return_from_occlusion"] = return_from_occlusion(model, prompts, checks, base, seed, return_starts,
+                                                            report["return_seconds"], out_dir, device, progress)
     (out_dir / "quality.json").write_text(json.dumps(report, indent=1))
     (out_dir / "table.md").write_text(table(report) + "\n")
     plot(report, out_dir)
@@ -642,10 +742,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--occlusion-seeds", type=int, default=0,
                         help="this many more seeds (seed + 100, + 200, ...) for the occlusion prompts, every row, "
                              "pooled for color through occlusion alone, whose events are few per seed (default 0)")
+    parser.add_argument("--return-starts", type=int, default=10,
+                        help="seeds per occlusion prompt for the return from occlusion: the world's own video continued "
+                             "from just after its object went behind the pillar (default 10)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: all cores)")
     parser.add_argument("--fast", action="store_true", help=f"a smoke run: the first {FAST_PROMPTS} prompts, "
-                                                            f"{FAST_SECONDS:g} s each (overrides --seconds)")
+                                                            f"{FAST_SECONDS:g} s each (overrides --seconds), one return start")
 
 
 def run_from_args(args: argparse.Namespace) -> int:
@@ -653,12 +756,13 @@ def run_from_args(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     prompts = read_prompts(args.prompts) if args.prompts else list(PROMPTS)
-    seconds = args.seconds
+    seconds, return_starts = args.seconds, args.return_starts
     if args.fast:
-        prompts, seconds = prompts[:FAST_PROMPTS], FAST_SECONDS
+        prompts, seconds, return_starts = prompts[:FAST_PROMPTS], FAST_SECONDS, min(return_starts, 1)
     out = Path(args.out)
     report = run_quality(args.checkpoint, out, seconds, prompts, tuple(args.samplers), args.steps, args.seed,
-                         args.guidance, args.memory_strength, args.occlusion_seeds, device=args.device)
+                         args.guidance, args.memory_strength, args.occlusion_seeds, return_starts,
+                         device=args.device)
     print(table(report))
     print(f"\nraw numbers in {out / 'quality.json'}; plots and mp4s in {out}")
     return 0

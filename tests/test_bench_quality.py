@@ -151,6 +151,33 @@ def test_a_color_change_across_the_occlusion_is_a_mismatch(tmp_path):
     assert (event["before"], event["after"], event["same"]) == (color, new, False)
 
 
+def test_return_cut_falls_where_only_memory_holds_the_object():
+    scene = scene_from_prompt(OCCLUSION, seed=0)
+    cut, back = q.return_cut(scene, FPS, WINDOW, frames_per_chunk=8)
+    covered = hidden(scene, 0, back + 1)[:, 0]
+    went = cut - q.RETURN_HIDDEN_CHUNKS * 8
+    assert not covered[:FPS].any() and covered[went:back].all() and not covered[back]  # seen, then hidden to `back`
+    assert not covered[went - 1] and back - went >= WINDOW  # it had just gone, for longer than the window
+    # A scene whose object never hides for that long has no cut.
+    assert q.return_cut(scene, FPS, window=10 * FPS, frames_per_chunk=8) is None
+
+
+def test_the_world_continued_from_the_cut_brings_its_object_back_in_its_color(tmp_path):
+    scene = scene_from_prompt(OCCLUSION, seed=0)
+    cut, back = q.return_cut(scene, FPS, WINDOW, frames_per_chunk=8)
+    frames = render(scene, cut, 3 * FPS)
+    color = scene.objects[0].color
+    came_back, seen = q.returned(measured(frames, tmp_path).nearest, "black", "gray", span=FPS)
+    assert back - cut <= came_back <= back - cut + FPS // 2 and seen == color
+    recolored = frames.copy()
+    new = "green" if color != "green" else "red"
+    recolored[(recolored == PALETTE[color]).all(-1)] = PALETTE[new]
+    assert q.returned(measured(recolored, tmp_path).nearest, "black", "gray", span=FPS)[1] == new
+    lost = frames.copy()
+    lost[(lost == PALETTE[color]).all(-1)] = PALETTE["black"]  # the object painted over: it never comes back
+    assert q.returned(measured(lost, tmp_path).nearest, "black", "gray", span=FPS) == (None, None)
+
+
 def test_fast_run_end_to_end_writes_table_json_plots_and_videos(tmp_path, capsys):
     torch.manual_seed(0)
     config = small_model_config("malt")
@@ -162,6 +189,7 @@ def test_fast_run_end_to_end_writes_table_json_plots_and_videos(tmp_path, capsys
 
     printed = capsys.readouterr().out
     main_table, continuation = printed.split("Continuing the demo world")
+    main_table, returns = main_table.split("Return from occlusion:")
     main_table, more_seeds = main_table.split("Color through occlusion on the occlusion prompts with seeds 0, 100")
     rows = [line for line in main_table.splitlines() if line.startswith("| ") and "sampler" not in line]
     assert [row.split(" | ")[:2] for row in rows] == [["| progressive", "on"], ["| rw", "on"], ["| rn", "on"],
@@ -196,13 +224,23 @@ def test_fast_run_end_to_end_writes_table_json_plots_and_videos(tmp_path, capsys
         assert pooled["events"][:len(own)] == own and pooled["count"] == len(pooled["events"])
         assert pooled["kept"] == sum(e["same"] for e in pooled["events"])
     assert "occlusion_seeds" not in report["runs"]["world"]
+    # The occlusion prompt's world continued from behind the pillar once (--fast), with memory and without.
+    assert [row.split(" | ")[0] for row in returns.splitlines() if row.startswith("| ")][1:] == ["| on", "| off"]
+    for memory in ("on", "off"):
+        run = report["return_from_occlusion"][memory]
+        (event,) = run["events"]
+        assert run["starts"] == 1 and event["seed"] == 1 and event["color"] == scene_from_prompt(OCCLUSION, 1).objects[0].color
+        assert run["back"] == (event["back_at"] is not None) and run["kept"] == (event["back_at"] is not None and event["same"])
+        assert (out / event["mp4"]).is_file()
     for mode in ("progressive", "rw", "rn", "vae"):
         (red,) = report["continuation"][mode]["objects"]
         assert red["color"] == "red" and len(red["area_ratio"]) == 2  # 4 s: two clips
         assert (out / f"continue-{mode}-00.mp4").is_file()
 
 
-def test_a_negative_count_of_occlusion_seeds_is_refused_before_any_work(tmp_path):
+def test_a_negative_count_of_occlusion_seeds_or_return_starts_is_refused_before_any_work(tmp_path):
     with pytest.raises(ValueError, match="occlusion seeds must be 0 or more, got -1"):
         q.run_quality(tmp_path / "not-loaded.safetensors", tmp_path / "out", occlusion_seeds=-1)
+    with pytest.raises(ValueError, match="return starts must be 0 or more, got -2"):
+        q.run_quality(tmp_path / "not-loaded.safetensors", tmp_path / "out", return_starts=-2)
     assert not (tmp_path / "out").exists()
