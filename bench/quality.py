@@ -564,7 +564,8 @@ def return_from_occlusion(model, prompts: list[str], checks: list[Checks], base,
                 with torch.no_grad():
                     render_mp4(LongVideo(model, PromptSchedule.single(prompt), seconds, fps, settings, start=start,
                                          use_memory=memory), path)
-                back, color = returned(features(mp4_frames(path)).nearest, *check.occlusion, round(COLOR_SECONDS * fps))
+                back, color = returned(features(mp4_frames(path)).nearest, *check.occlusion,
+                                       span=round(COLOR_SECONDS * fps))
                 truth = scene.objects[0].color
                 runs[memory].append(dict(prompt=prompt, seed=scene_seed, mp4=path.name, cut=cut,
                                          world_back=world_back - cut, color=truth, back_at=back, after=color,
@@ -592,8 +593,9 @@ def return_table(report: dict) -> str:
              f"| memory | back in its color (>= {CRITERIA['occlusion']:.0%} of returns) | returns | starts |",
              "|---|---|---|---|"]
     for memory, run in runs.items():
-        cell = "n/a (no returns)" if run["share"] is None else \
-            f"{with_interval(run['share'], run['interval'])} {passes('occlusion', run['share'])} ({run['kept']} of {run['back']})"
+        cell = "n/a (no returns)" if run["share"] is None else (
+            f"{with_interval(run['share'], run['interval'])} {passes('occlusion', run['share'])} "
+            f"({run['kept']} of {run['back']})")
         lines.append(f"| {memory} | {cell} | {run['back']} | {run['starts']} |")
     return "\n".join(lines)
 
@@ -747,8 +749,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "from just after its object went behind the pillar (default 10)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: all cores)")
-    parser.add_argument("--fast", action="store_true", help=f"a smoke run: the first {FAST_PROMPTS} prompts, "
-                                                            f"{FAST_SECONDS:g} s each (overrides --seconds), one return start")
+    parser.add_argument("--fast", action="store_true",
+                        help=f"a smoke run: the first {FAST_PROMPTS} prompts, {FAST_SECONDS:g} s each (overrides "
+                             "--seconds), one return start")
 
 
 def run_from_args(args: argparse.Namespace) -> int:

@@ -229,8 +229,10 @@ def test_fast_run_end_to_end_writes_table_json_plots_and_videos(tmp_path, capsys
     for memory in ("on", "off"):
         run = report["return_from_occlusion"][memory]
         (event,) = run["events"]
-        assert run["starts"] == 1 and event["seed"] == 1 and event["color"] == scene_from_prompt(OCCLUSION, 1).objects[0].color
-        assert run["back"] == (event["back_at"] is not None) and run["kept"] == (event["back_at"] is not None and event["same"])
+        assert run["starts"] == 1 and event["seed"] == 1
+        assert event["color"] == scene_from_prompt(OCCLUSION, 1).objects[0].color
+        came_back = event["back_at"] is not None
+        assert run["back"] == came_back and run["kept"] == (came_back and event["same"])
         assert (out / event["mp4"]).is_file()
     for mode in ("progressive", "rw", "rn", "vae"):
         (red,) = report["continuation"][mode]["objects"]
