@@ -224,6 +224,14 @@ def hidden_runs(visible: np.ndarray) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in zip(starts, stops) if not visible[a] and a > 0 and b < len(visible)]
 
 
+def object_pixels(nearest: np.ndarray, background: str, pillar: str):
+    """Per frame, the pixels nearest to each palette color that is neither the background's nor the pillar's
+    (what can only be an object), and `dominant(first, stop)`: the most of those colors over those frames."""
+    others = [i for i, c in enumerate(COLORS) if c not in (background, pillar)]
+    counts = nearest[:, others]
+    return counts, lambda first, stop: COLORS[others[int(counts[first:stop].sum(0).argmax())]]
+
+
 def occlusion_events(nearest: np.ndarray, background: str, pillar: str, longer_than: int, span: int) -> list[dict]:
     """Each time the object is out of view for more than `longer_than` frames and comes back: its dominant
     color over the `span` frames before it vanished and after it came back.
@@ -231,13 +239,11 @@ def occlusion_events(nearest: np.ndarray, background: str, pillar: str, longer_t
     The object's pixels are those nearest to a palette color that is neither the background's nor the
     pillar's; it is in view when it has at least VISIBLE_PIXELS of them.
     """
-    others = [i for i, c in enumerate(COLORS) if c not in (background, pillar)]
-    counts = nearest[:, others]
+    counts, dominant = object_pixels(nearest, background, pillar)
     events = []
     for start, stop in hidden_runs(counts.sum(1) >= VISIBLE_PIXELS):
         if stop - start > longer_than:
-            before = COLORS[others[int(counts[max(0, start - span):start].sum(0).argmax())]]
-            after = COLORS[others[int(counts[stop:stop + span].sum(0).argmax())]]
+            before, after = dominant(max(0, start - span), start), dominant(stop, stop + span)
             events.append(dict(hidden_from=start, back_at=stop, before=before, after=after, same=before == after))
     return events
 
@@ -527,25 +533,25 @@ def return_cut(scene, fps: float, window: int, frames_per_chunk: int) -> tuple[i
 def returned(nearest: np.ndarray, background: str, pillar: str, span: int) -> tuple[int | None, str | None]:
     """(first frame in view, its dominant color over the `span` frames from there) of a video that starts with
     its object hidden, as `occlusion_events` reads an object; (None, None) when it never shows."""
-    others = [i for i, c in enumerate(COLORS) if c not in (background, pillar)]
-    counts = nearest[:, others]
+    counts, dominant = object_pixels(nearest, background, pillar)
     shown = np.flatnonzero(counts.sum(1) >= VISIBLE_PIXELS)
     if not len(shown):
         return None, None
     back = int(shown[0])
-    return back, COLORS[others[int(counts[back:back + span].sum(0).argmax())]]
+    return back, dominant(back, back + span)
 
 
 def return_from_occlusion(model, prompts: list[str], checks: list[Checks], base, seed: int, starts: int,
-                          seconds: float, out_dir: Path, device: str, progress: Callable[[str], None]) -> dict:
+                          seconds: float, window: int, out_dir: Path, device: str,
+                          progress: Callable[[str], None]) -> dict:
     """For each occlusion prompt and `starts` seeds (`seed + i + OCCLUSION_SEED_STRIDE k`; k = 0 is the scene of
     the prompt's minute-long video), the world's own video up to `return_cut`, continued by progressive for
-    `seconds` with memory and with memory off; whether the object comes back, and in its true color."""
+    `seconds` with memory and with memory off; whether the object comes back, and in its true color. `window`:
+    the frames progressive sees at once, which the hiding at the cut must outlast."""
     import torch
     from ..samplers import LongVideo, PromptSchedule, render_mp4
     from ..training.data import to_pixels
     fps, fpc = model.config.fps, model.config.frames_per_chunk
-    window = (replace(base, mode="progressive").clean_in_front() + base.window_chunks) * fpc
     runs = {True: [], False: []}
     for i, (prompt, check) in enumerate(zip(prompts, checks)):
         if check.occlusion is None:
@@ -722,7 +728,8 @@ def run_quality(checkpoint: str | Path, out_dir: Path, seconds: float = 60, prom
                                             min(CONTINUE_SECONDS, seconds), out_dir, device, progress)
     report["return_seconds"] = min(RETURN_SECONDS, seconds)
     report["return_from_occlusion"] = return_from_occlusion(model, prompts, checks, base, seed, return_starts,
-                                                            report["return_seconds"], out_dir, device, progress)
+                                                            report["return_seconds"], window, out_dir, device,
+                                                            progress)
     (out_dir / "quality.json").write_text(json.dumps(report, indent=1))
     (out_dir / "table.md").write_text(table(report) + "\n")
     plot(report, out_dir)
