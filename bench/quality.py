@@ -752,8 +752,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="this many more seeds (seed + 100, + 200, ...) for the occlusion prompts, every row, "
                              "pooled for color through occlusion alone, whose events are few per seed (default 0)")
     parser.add_argument("--return-starts", type=int, default=10,
-                        help="seeds per occlusion prompt for the return from occlusion: the world's own video continued "
-                             "from just after its object went behind the pillar (default 10)")
+                        help="seeds per occlusion prompt for the return from occlusion: the world's own video "
+                             "continued from just after its object went behind the pillar (default 10)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: all cores)")
     parser.add_argument("--fast", action="store_true",
