@@ -158,7 +158,8 @@ def cmd_train(args) -> int:
                      "--remade-levels": args.remade_levels, "--remade-steps": args.remade_steps,
                      "--remade-guidance": args.remade_guidance, "--remade-links": args.remade_links,
                      "--drifted-share": args.drifted_share, "--drift-easing": args.drift_easing,
-                     "--grad-writes": args.grad_writes}
+                     "--grad-writes": args.grad_writes, "--occlusion-grad-writes": args.occlusion_grad_writes,
+                     "--occlusion-share": args.occlusion_share, "--keep-bias": args.keep_bias}
     given = [flag for flag, value in denoiser_only.items() if value is not None]
     if given and args.stage not in ("denoiser", "demo"):
         raise ValueError(f"{given[0]} sets how the denoiser is trained: give it to the denoiser or demo stage, "
@@ -180,9 +181,11 @@ def cmd_train(args) -> int:
                          f"got {' '.join(map(str, args.remade_levels))}")
     if args.remade_steps is not None and not args.remade_steps >= 1:
         raise ValueError(f"--remade-steps must be at least 1, got {args.remade_steps}")
-    if args.grad_writes is not None and not args.grad_writes >= 1:
-        raise ValueError(f"--grad-writes must be at least 1 (the memory learns to write only through them), "
-                         f"got {args.grad_writes}")
+    for flag, value in (("--grad-writes", args.grad_writes), ("--occlusion-grad-writes", args.occlusion_grad_writes)):
+        if value is not None and not value >= 1:
+            raise ValueError(f"{flag} must be at least 1 (the memory learns to write only through them), got {value}")
+    if args.occlusion_share is not None and not 0 <= args.occlusion_share <= 1:
+        raise ValueError(f"--occlusion-share is a share of windows: give a number from 0 to 1, got {args.occlusion_share}")
     if args.remade_links is not None and not args.remade_links >= 1:
         raise ValueError(f"--remade-links must be at least 1 (the front chunk alone), got {args.remade_links}")
     if args.remade_guidance is not None and not args.remade_guidance >= 0:
@@ -248,7 +251,9 @@ def cmd_train(args) -> int:
                                  ("remade_guidance", args.remade_guidance), ("remade_links", args.remade_links),
                                  ("remade_levels", args.remade_levels and tuple(args.remade_levels)),
                                  ("drifted_share", args.drifted_share), ("drift_easing", args.drift_easing),
-                                 ("grad_writes", args.grad_writes))
+                                 ("grad_writes", args.grad_writes),
+                                 ("occlusion_grad_writes", args.occlusion_grad_writes),
+                                 ("occlusion_share", args.occlusion_share), ("keep_bias", args.keep_bias))
                if v is not None}
     settings = dataclasses.replace(settings, **changes)
     record["command"] = args.command_line
@@ -420,6 +425,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="denoiser: the last this-many memory writes before a window that gradients flow "
                             "through (default 2); up to 14 teaches the memory to keep what it saw many writes "
                             "ago, as an object hidden behind the pillar needs, at that many times the memory's cost")
+    train.add_argument("--occlusion-grad-writes", type=int,
+                       help="denoiser: as --grad-writes, for the windows where an object comes back from behind "
+                            "the pillar, whose write that saw it lies 8 or more writes back (default: --grad-writes)")
+    train.add_argument("--occlusion-share", type=float,
+                       help="denoiser: share of windows where an object comes back from behind the pillar, the "
+                            "windows that teach the memory (default 0.25)")
+    train.add_argument("--keep-bias", type=float,
+                       help="denoiser, MALT memory: added to every memory keep gate's logit before training, so "
+                            "each write keeps more of what the slots held and the memory lasts longer (default 0)")
     train.add_argument("--data-seed", type=int, default=0)
     train.add_argument("--ship", action="store_true", help="also write the result as the bundled demo model (float16)")
     train.set_defaults(run=cmd_train)

@@ -1,17 +1,18 @@
 """Both training stages end to end on tiny settings: they run, log, resume exactly, and ship a model."""
+import copy
 import json
 
 import numpy as np
 import pytest
 import torch
 
-from helpers import small_model_config
+from helpers import denoiser_inputs, randomise, small_model_config
 from longtake.memory import TextConfig, load_checkpoint
 from longtake.memory.vae import CausalVideoVAE
 from longtake.training.data import DemoWorld, VideoFolder, to_pixels
 import longtake.training.train_denoiser as train_denoiser_module
 from longtake.training.train_denoiser import (DenoiserTraining, WindowLoss, export, foreground_distance,
-                                              noise_layout, switch_memory, train_denoiser)
+                                              noise_layout, open_keep_gates, switch_memory, train_denoiser)
 from longtake.training.train_vae import ReconstructionLoss, VAETraining, load_trained_vae, train_vae
 from longtake.training.vocab import VOCAB
 
@@ -131,6 +132,58 @@ def test_fine_tuning_starts_from_the_given_weights(trained_model, tmp_path):
                                            initial=base.state_dict()))
     for name, value in base.state_dict().items():
         assert torch.allclose(value, tuned.state_dict()[name]), name
+
+
+def test_fine_tuning_with_a_keep_bias_starts_from_a_memory_that_keeps_more(trained_model, tmp_path):
+    """At learning rate 0 only the opened keep gates differ, and a write then changes the slots far less."""
+    base = trained_model
+    tuned = load_checkpoint(train_denoiser(base.config, base.vae.state_dict(), DemoWorld(seed=0), tmp_path / "kept",
+                                           DenoiserTraining(steps=1, **TINY_DENOISER, lr=0.0, keep_bias=4.0), {},
+                                           initial=base.state_dict()))
+    changed = [name for name, value in base.state_dict().items()
+               if not torch.allclose(value, tuned.state_dict()[name])]
+    assert changed and all(name.endswith("malt.update_gate.bias") for name in changed)
+    for name in changed:
+        assert torch.allclose(tuned.state_dict()[name], base.state_dict()[name] + 4.0)
+
+    def change_of_a_write(denoiser):
+        x, _, text, bias = denoiser_inputs(denoiser.cfg, chunks=1)
+        state = denoiser.initial_state(2)
+        torch.manual_seed(0)
+        return (denoiser.write(state, x, text, bias)["malt.slots"] - state["malt.slots"]).norm()
+
+    randomised = randomise(copy.deepcopy(base.denoiser))
+    before = change_of_a_write(randomised)
+    open_keep_gates(randomised, 4.0)
+    assert change_of_a_write(randomised) < 0.2 * before
+
+
+def test_keep_bias_is_refused_for_a_memory_without_keep_gates(trained_model, tmp_path):
+    initial, config = switch_memory(trained_model.state_dict(), trained_model.config, "lstm")
+    with pytest.raises(ValueError, match="keep_bias"):
+        train_denoiser(config, trained_model.vae.state_dict(), DemoWorld(seed=0), tmp_path / "lstm",
+                       DenoiserTraining(steps=1, **TINY_DENOISER, keep_bias=2.0), {}, initial=initial)
+
+
+def test_occlusion_windows_backprop_through_their_own_number_of_writes(trained_vae, tmp_path, monkeypatch):
+    """Windows where an object comes back from behind the pillar (at share 1, every window with a front chunk)
+    backprop through `occlusion_grad_writes` writes, however few `grad_writes` says."""
+    seen, forward = [], WindowLoss.forward
+
+    def spy(self, prefix, window, levels, prompts, has_front, grad_writes, *rest, **options):
+        seen.append((has_front, prefix.shape[2], grad_writes))
+        return forward(self, prefix, window, levels, prompts, has_front, grad_writes, *rest, **options)
+
+    monkeypatch.setattr(WindowLoss, "forward", spy)
+    vae, vae_config, record = load_trained_vae(trained_vae[0])
+    config = small_model_config().replace(vae=vae_config, text=TextConfig(vocab=VOCAB, width=32, depth=1, heads=2))
+    # The fourth video of this world shows an object coming back from behind its pillar.
+    settings = DenoiserTraining(steps=8, **dict(TINY_DENOISER, videos=4, occlusion_share=1.0, grad_writes=1,
+                                                occlusion_grad_writes=3))
+    train_denoiser(config, vae.state_dict(), DemoWorld(seed=0), tmp_path, settings, {"vae": record})
+    chunk = config.denoiser.chunk_frames
+    fronted = [(prefix, writes) for has_front, prefix, writes in seen if has_front]
+    assert fronted and all(prefix == 3 * chunk and writes == 3 for prefix, writes in fronted)
 
 
 def test_a_trained_model_switches_to_another_memory_keeping_its_other_weights(trained_model, tmp_path):
@@ -387,6 +440,9 @@ def test_train_refuses_bad_denoiser_flags_before_any_work(tmp_path, capsys):
                           (["denoiser", "--remade-steps", "0"], "--remade-steps must be at least 1"),
                           (["denoiser", "--remade-links", "0"], "--remade-links must be at least 1"),
                           (["denoiser", "--grad-writes", "0"], "--grad-writes must be at least 1"),
+                          (["denoiser", "--occlusion-grad-writes", "0"], "--occlusion-grad-writes must be at least 1"),
+                          (["denoiser", "--occlusion-share", "-0.1"], "give a number from 0 to 1"),
+                          (["vae", "--keep-bias", "2"], "give it to the denoiser or demo stage"),
                           (["vae", "--grad-writes", "4"], "give it to the denoiser or demo stage"),
                           (["vae", "--remade-steps", "8"], "give it to the denoiser or demo stage"),
                           (["denoiser", "--drifted-share", "1.5"], "give a number from 0 to 1"),

@@ -51,6 +51,9 @@ class DenoiserTraining:
     window_chunks: int = 4        # K noisy chunks behind the clean front chunk
     max_prefix: int = 14          # most chunks written into memory before the window
     grad_writes: int = 2          # writes that gradients flow through
+    occlusion_grad_writes: int | None = None  # ...in occlusion windows (None: grad_writes); the write that saw
+                                  # the object lies 8 or more writes back, out of reach of the default 2
+    keep_bias: float = 0.0        # added to every MALT keep gate's bias before training (see open_keep_gates)
     text_dropout: float = 0.1     # null prompt, for classifier-free guidance
     progressive_share: float = 0.6
     independent_share: float = 0.25
@@ -266,6 +269,8 @@ def train_denoiser(config: ModelConfig, vae_state: dict, source, out: Path, sett
     if initial is not None:
         model.load_state_dict(initial)
     model.vae.load_state_dict(vae_state)
+    if settings.keep_bias:
+        open_keep_gates(model.denoiser, settings.keep_bias)  # a resumed run's saved weights replace these below
     model = model.to(device)
     model.vae.requires_grad_(False)
 
@@ -314,7 +319,7 @@ def train_denoiser(config: ModelConfig, vae_state: dict, source, out: Path, sett
             group["lr"] = lr
 
         # One window shape per step, so the batch is one tensor.
-        drop = None
+        drop, grad_writes = None, settings.grad_writes
         kind = rng.random()
         opening = kind < settings.opening_share
         if kind < settings.opening_share + settings.fill_share:
@@ -332,6 +337,8 @@ def train_denoiser(config: ModelConfig, vae_state: dict, source, out: Path, sett
             picks = [(v, min(max(o, 0), settings.video_chunks - span)) for v, o in picks]
             videos, offsets = [v for v, _ in picks], [o for _, o in picks]
             drop = settings.occlusion_drop
+            if settings.occlusion_grad_writes is not None:
+                grad_writes = settings.occlusion_grad_writes
         else:
             videos = [rng.randrange(latents.shape[0]) for _ in range(settings.batch)]
             offsets = [0 if not has_front else rng.randrange(settings.video_chunks - span + 1) for _ in videos]
@@ -367,7 +374,7 @@ def train_denoiser(config: ModelConfig, vae_state: dict, source, out: Path, sett
             links = settings.remade_links
             remade = torch.where(chosen[:, None], low + (high - low) * torch.rand(settings.batch, links),
                                  torch.zeros(settings.batch, links))
-        loss, object_error = objective(prefix, window, levels, prompts, has_front, settings.grad_writes, remade,
+        loss, object_error = objective(prefix, window, levels, prompts, has_front, grad_writes, remade,
                                        settings.object_weight, settings.remade_steps, settings.remade_guidance)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -408,6 +415,21 @@ def train_denoiser(config: ModelConfig, vae_state: dict, source, out: Path, sett
     preview(model, ema, settings, out / "previews" / "final.mp4")
     print(f"saved {path}", flush=True)
     return path
+
+
+def open_keep_gates(denoiser, bias: float) -> None:
+    """Add `bias` to every MALT layer's keep-gate logit, so that each write keeps more of what the slots held.
+
+    A write keeps `sigmoid(gate) * slots` and the demo model's gates stand near 0.45, so what a chunk wrote is
+    down to about 2% five writes later, and the gradient that would teach a write to store a hidden object for
+    the 8 writes until it comes back shrinks by the same factor: nothing learns to keep it. Opening the gate
+    (as an LSTM's forget gate is started open) makes the memory long before training asks it to be."""
+    if denoiser.cfg.memory != "malt":
+        raise ValueError(f"keep_bias opens the keep gates of MALT memory slots; this model's memory is "
+                         f"{denoiser.cfg.memory!r}: leave keep_bias at 0")
+    with torch.no_grad():
+        for block in denoiser.blocks:
+            block.malt.update_gate.bias += bias
 
 
 def switch_memory(initial: dict, config: ModelConfig, memory: str, seed: int = 0) -> tuple[dict, ModelConfig]:
