@@ -311,6 +311,11 @@ def cmd_bench_speed(args) -> int:
     return run_from_args(args)
 
 
+def cmd_bench_memory(args) -> int:
+    from .bench.memory import run_from_args
+    return run_from_args(args)
+
+
 def cmd_bench_quality(args) -> int:
     from .bench.quality import run_from_args
     return run_from_args(args)
@@ -448,6 +453,10 @@ def build_parser() -> argparse.ArgumentParser:
     speed = benches.add_parser("speed", help="wall time, peak memory and FLOPs against video length")
     add_speed_arguments(speed)
     speed.set_defaults(run=cmd_bench_speed)
+    from .bench.memory import add_arguments as add_memory_arguments
+    probe = benches.add_parser("memory", help="whether the memory slots hold a hidden object's color (the write alone)")
+    add_memory_arguments(probe)
+    probe.set_defaults(run=cmd_bench_memory)
     sheet = benches.add_parser("sheet", help="a contact sheet PNG: a frame every few seconds of a video")
     sheet.add_argument("video")
     sheet.add_argument("--out", default="sheet.png")

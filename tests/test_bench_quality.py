@@ -246,3 +246,29 @@ def test_a_negative_count_of_occlusion_seeds_or_return_starts_is_refused_before_
     with pytest.raises(ValueError, match="return starts must be 0 or more, got -2"):
         q.run_quality(tmp_path / "not-loaded.safetensors", tmp_path / "out", return_starts=-2)
     assert not (tmp_path / "out").exists()
+
+
+def test_memory_probe_reads_a_color_that_is_there_and_not_one_that_is_not():
+    from longtake.bench.memory import held_out_accuracy
+    rng = np.random.default_rng(0)
+    colors = np.array(["red", "blue", "green", "cyan"])
+    labels = colors[rng.integers(0, 4, 200)]
+    held_out = np.arange(200) % 4 == 0
+    one_hot = (labels[:, None] == colors[None]).astype(np.float64)
+    # As in the slots, the color spread over many values, each also carrying much else.
+    holding = one_hot @ rng.standard_normal((4, 300)) + 2 * rng.standard_normal((200, 300))
+    assert held_out_accuracy(holding, labels, held_out) > 0.9
+    assert held_out_accuracy(rng.standard_normal((200, 300)), labels, held_out) < 0.5
+
+
+def test_memory_probe_runs_on_a_model_and_prints_a_share_per_write(tmp_path, capsys):
+    from longtake.cli import main as cli
+    config = small_model_config().replace(text=dataclasses.replace(small_model_config().text, vocab=VOCAB))
+    torch.manual_seed(0)
+    path = tmp_path / "tiny.safetensors"
+    save_checkpoint(randomise(LongTakeModel(config)), path)
+    assert cli(["bench", "memory", str(path), "--scenes", "4"]) == 0
+    printed = capsys.readouterr().out
+    assert "| color read back |" in printed and printed.count("%") >= 8
+    assert cli(["bench", "memory", str(path), "--scenes", "2"]) == 2
+    assert "at least 4" in capsys.readouterr().err
