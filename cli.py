@@ -135,7 +135,7 @@ def cmd_generate(args) -> int:
 
 def cmd_train(args) -> int:
     import dataclasses
-    from .memory import DenoiserConfig, ModelConfig, TextConfig, load_checkpoint
+    from .memory import DenoiserConfig, ModelConfig, TextConfig, load_checkpoint, read_config
     from .training.data import DemoWorld, VideoFolder
     from .training.train_denoiser import DenoiserTraining, switch_memory, train_denoiser
     from .training.train_vae import VAETraining, load_trained_vae, train_vae
@@ -184,6 +184,9 @@ def cmd_train(args) -> int:
     for flag, value in (("--grad-writes", args.grad_writes), ("--occlusion-grad-writes", args.occlusion_grad_writes)):
         if value is not None and not value >= 1:
             raise ValueError(f"{flag} must be at least 1 (the memory learns to write only through them), got {value}")
+    if args.keep_bias and (args.memory or (read_config(args.init).denoiser.memory if args.init else "malt")) != "malt":
+        raise ValueError("--keep-bias opens the keep gates of MALT memory slots, and this model's memory is not "
+                         "MALT: leave --keep-bias out, or train with --memory malt")
     if args.occlusion_share is not None and not 0 <= args.occlusion_share <= 1:
         raise ValueError(f"--occlusion-share is a share of windows: give a number from 0 to 1, got {args.occlusion_share}")
     if args.remade_links is not None and not args.remade_links >= 1:

@@ -269,6 +269,6 @@ def test_memory_probe_runs_on_a_model_and_prints_a_share_per_write(tmp_path, cap
     save_checkpoint(randomise(LongTakeModel(config)), path)
     assert cli(["bench", "memory", str(path), "--scenes", "4"]) == 0
     printed = capsys.readouterr().out
-    assert "| color read back |" in printed and printed.count("%") >= 8
+    assert "| color read back |" in printed and printed.count("%") >= 7
     assert cli(["bench", "memory", str(path), "--scenes", "2"]) == 2
     assert "at least 4" in capsys.readouterr().err

@@ -175,6 +175,7 @@ def test_occlusion_windows_backprop_through_their_own_number_of_writes(trained_v
         return forward(self, prefix, window, levels, prompts, has_front, grad_writes, *rest, **options)
 
     monkeypatch.setattr(WindowLoss, "forward", spy)
+    monkeypatch.setattr(train_denoiser_module, "text_gain", lambda *args: 0.0)  # its own windows, no training
     vae, vae_config, record = load_trained_vae(trained_vae[0])
     config = small_model_config().replace(vae=vae_config, text=TextConfig(vocab=VOCAB, width=32, depth=1, heads=2))
     # The fourth video of this world shows an object coming back from behind its pillar.
@@ -184,6 +185,7 @@ def test_occlusion_windows_backprop_through_their_own_number_of_writes(trained_v
     chunk = config.denoiser.chunk_frames
     fronted = [(prefix, writes) for has_front, prefix, writes in seen if has_front]
     assert fronted and all(prefix == 3 * chunk and writes == 3 for prefix, writes in fronted)
+    assert all(writes == 1 for has_front, _, writes in seen if not has_front)
 
 
 def test_a_trained_model_switches_to_another_memory_keeping_its_other_weights(trained_model, tmp_path):
@@ -443,6 +445,7 @@ def test_train_refuses_bad_denoiser_flags_before_any_work(tmp_path, capsys):
                           (["denoiser", "--occlusion-grad-writes", "0"], "--occlusion-grad-writes must be at least 1"),
                           (["denoiser", "--occlusion-share", "-0.1"], "give a number from 0 to 1"),
                           (["vae", "--keep-bias", "2"], "give it to the denoiser or demo stage"),
+                          (["demo", "--memory", "lstm", "--keep-bias", "2"], "MALT"),
                           (["vae", "--grad-writes", "4"], "give it to the denoiser or demo stage"),
                           (["vae", "--remade-steps", "8"], "give it to the denoiser or demo stage"),
                           (["denoiser", "--drifted-share", "1.5"], "give a number from 0 to 1"),
