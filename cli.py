@@ -135,7 +135,7 @@ def cmd_generate(args) -> int:
 
 def cmd_train(args) -> int:
     import dataclasses
-    from .memory import DenoiserConfig, ModelConfig, TextConfig, load_checkpoint, read_config
+    from .memory import DenoiserConfig, ModelConfig, TextConfig, load_checkpoint
     from .training.data import DemoWorld, VideoFolder
     from .training.train_denoiser import DenoiserTraining, switch_memory, train_denoiser
     from .training.train_vae import VAETraining, load_trained_vae, train_vae
@@ -164,10 +164,10 @@ def cmd_train(args) -> int:
     if given and args.stage not in ("denoiser", "demo"):
         raise ValueError(f"{given[0]} sets how the denoiser is trained: give it to the denoiser or demo stage, "
                          f"not {args.stage}")
-    if args.remade_share is not None and not 0 <= args.remade_share <= 1:
-        raise ValueError(f"--remade-share is a share of windows: give a number from 0 to 1, got {args.remade_share}")
-    if args.drifted_share is not None and not 0 <= args.drifted_share <= 1:
-        raise ValueError(f"--drifted-share is a share of windows: give a number from 0 to 1, got {args.drifted_share}")
+    for flag, value in (("--remade-share", args.remade_share), ("--drifted-share", args.drifted_share),
+                        ("--occlusion-share", args.occlusion_share)):
+        if value is not None and not 0 <= value <= 1:
+            raise ValueError(f"{flag} is a share of windows: give a number from 0 to 1, got {value}")
     if args.drift_easing is not None and not args.drifted_share:
         raise ValueError("--drift-easing eases the drifted windows back to the truth: give it with --drifted-share")
     if args.drift_easing is not None and not 0 <= args.drift_easing <= DenoiserTraining.window_chunks:
@@ -184,11 +184,6 @@ def cmd_train(args) -> int:
     for flag, value in (("--grad-writes", args.grad_writes), ("--occlusion-grad-writes", args.occlusion_grad_writes)):
         if value is not None and not value >= 1:
             raise ValueError(f"{flag} must be at least 1 (the memory learns to write only through them), got {value}")
-    if args.keep_bias and (args.memory or (read_config(args.init).denoiser.memory if args.init else "malt")) != "malt":
-        raise ValueError("--keep-bias opens the keep gates of MALT memory slots, and this model's memory is not "
-                         "MALT: leave --keep-bias out, or train with --memory malt")
-    if args.occlusion_share is not None and not 0 <= args.occlusion_share <= 1:
-        raise ValueError(f"--occlusion-share is a share of windows: give a number from 0 to 1, got {args.occlusion_share}")
     if args.remade_links is not None and not args.remade_links >= 1:
         raise ValueError(f"--remade-links must be at least 1 (the front chunk alone), got {args.remade_links}")
     if args.remade_guidance is not None and not args.remade_guidance >= 0:
@@ -200,6 +195,9 @@ def cmd_train(args) -> int:
                          f"{args.stage}")
     source = VideoFolder(args.videos, resolution=64) if args.videos else DemoWorld(seed=args.data_seed)
     base = load_checkpoint(args.init) if args.init else None
+    if args.keep_bias and (args.memory or (base.config.denoiser.memory if base else "malt")) != "malt":
+        raise ValueError("--keep-bias opens the keep gates of MALT memory slots, and this model's memory is not "
+                         "MALT: leave --keep-bias out, or train with --memory malt")
     if args.stage in ("vae", "demo"):
         heldout = source if args.videos else DemoWorld(seed=args.data_seed + 1)
         vae_settings = VAETraining(seed=args.data_seed, decoder_only=args.decoder_only)

@@ -15,8 +15,8 @@ import argparse
 
 import numpy as np
 
-from ..training.world import FPS, hidden, render, scene_from_prompt
-from .quality import PROMPTS, checks_for, hidden_runs
+from ..training.world import render, scene_from_prompt
+from .quality import PROMPTS, checks_for, first_long_hiding
 
 # Writes relative to the one of the chunk in which the object hid; the object stays hidden about 6 chunks,
 # so a later write would see it again.
@@ -52,29 +52,28 @@ def probe_memory(model, scenes_per_prompt: int = 100, prompts=PROMPTS, progress=
         raise ValueError(f"the probe reads MALT memory slots; this model's memory is {model.config.denoiser.memory!r}")
     fpc, chunk = model.config.frames_per_chunk, model.config.denoiser.chunk_frames
     denoiser = model.denoiser
-    window = (1 + SamplerSettings().window_chunks) * fpc
+    sampling = SamplerSettings()
+    window = (sampling.clean_in_front() + sampling.window_chunks) * fpc  # as `bench quality` counts it
     slots = {offset: [] for offset in OFFSETS}
     labels, seeds = [], []
     pillar_prompts = [p for p in prompts if checks_for(p).occlusion is not None]
     if not pillar_prompts:
         raise ValueError("the probe needs prompts with a pillar whose object color is not named")
     for prompt in pillar_prompts:
+        with torch.no_grad():
+            tokens, bias = model.text([prompt])
         for seed in range(FIRST_SEED, FIRST_SEED + scenes_per_prompt):
             scene = scene_from_prompt(prompt, seed)
-            out_of_view = hidden(scene, 0, 60 * FPS)[:, 0]
-            # After a second in view, and longer than the window: the hidings the return test asks about.
-            hidings = [(start, stop) for start, stop in hidden_runs(~out_of_view)
-                       if start >= FPS and stop - start >= window]
-            if not hidings or hidings[0][0] // fpc < -min(OFFSETS):
+            hiding = first_long_hiding(scene, model.config.fps, window)  # the hidings the return test asks about
+            if hiding is None or hiding[0] // fpc < -min(OFFSETS):
                 continue  # no hiding in the first minute, or too early to see the writes before it
-            hid = hidings[0][0] // fpc
+            hid = hiding[0] // fpc
             last = hid + max(OFFSETS)
-            if hidings[0][1] < (last + 1) * fpc:
+            if hiding[1] < (last + 1) * fpc:
                 continue  # back in view by the last write probed: its slots would have seen it again
             torch.manual_seed(seed)  # the writes' light noise: a model probed twice reads the same
             with torch.no_grad():
                 latents, _ = model.vae.encode(to_pixels(render(scene, 0, (last + 1) * fpc)).to(model.device))
-                tokens, bias = model.text([prompt])
                 state = denoiser.initial_state(1)
                 for i in range(last + 1):
                     state = denoiser.write(state, latents[:, :, i * chunk:(i + 1) * chunk], tokens, bias)

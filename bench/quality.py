@@ -522,12 +522,17 @@ def return_cut(scene, fps: float, window: int, frames_per_chunk: int) -> tuple[i
     """(cut, the world's return) for a pillar scene: the frame where the world's video is cut, a few chunks after
     its one object went entirely behind the pillar, on a hiding longer than the window, after at least
     COLOR_SECONDS in view; None when the first minute has no such hiding."""
+    hiding = first_long_hiding(scene, fps, window)
+    return None if hiding is None else (hiding[0] + RETURN_HIDDEN_CHUNKS * frames_per_chunk, hiding[1])
+
+
+def first_long_hiding(scene, fps: float, window: int) -> tuple[int, int] | None:
+    """(first hidden frame, first frame back) of the first time in the first minute that a pillar scene's one
+    object goes entirely behind the pillar for `window` frames or more, after at least COLOR_SECONDS in view."""
     first = round(COLOR_SECONDS * fps)
     hidden_at = hidden(scene, 0, round(60 * fps))[:, 0]
-    for start, stop in hidden_runs(~hidden_at):
-        if start >= first and stop - start >= window:
-            return start + RETURN_HIDDEN_CHUNKS * frames_per_chunk, stop
-    return None
+    return next(((start, stop) for start, stop in hidden_runs(~hidden_at)
+                 if start >= first and stop - start >= window), None)
 
 
 def returned(nearest: np.ndarray, background: str, pillar: str, span: int) -> tuple[int | None, str | None]:
