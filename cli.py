@@ -159,7 +159,8 @@ def cmd_train(args) -> int:
                      "--remade-guidance": args.remade_guidance, "--remade-links": args.remade_links,
                      "--drifted-share": args.drifted_share, "--drift-easing": args.drift_easing,
                      "--grad-writes": args.grad_writes, "--occlusion-grad-writes": args.occlusion_grad_writes,
-                     "--occlusion-share": args.occlusion_share, "--keep-bias": args.keep_bias}
+                     "--occlusion-share": args.occlusion_share, "--keep-bias": args.keep_bias,
+                     "--return-weight": args.return_weight}
     given = [flag for flag, value in denoiser_only.items() if value is not None]
     if given and args.stage not in ("denoiser", "demo"):
         raise ValueError(f"{given[0]} sets how the denoiser is trained: give it to the denoiser or demo stage, "
@@ -188,8 +189,9 @@ def cmd_train(args) -> int:
         raise ValueError(f"--remade-links must be at least 1 (the front chunk alone), got {args.remade_links}")
     if args.remade_guidance is not None and not args.remade_guidance >= 0:
         raise ValueError(f"--remade-guidance must be 0 or more (1 turns guidance off), got {args.remade_guidance}")
-    if args.object_weight is not None and not 0 <= args.object_weight < float("inf"):
-        raise ValueError(f"--object-weight must be 0 or more (0 weighs every latent pixel alike), got {args.object_weight}")
+    for flag, value in (("--object-weight", args.object_weight), ("--return-weight", args.return_weight)):
+        if value is not None and not 0 <= value < float("inf"):
+            raise ValueError(f"{flag} must be 0 or more (0 weighs every latent pixel alike), got {value}")
     if args.frame_delay is not None and args.stage not in ("vae", "demo"):
         raise ValueError(f"--frame-delay sets how the VAE is trained: give it to the vae or demo stage, not "
                          f"{args.stage}")
@@ -254,7 +256,8 @@ def cmd_train(args) -> int:
                                  ("drifted_share", args.drifted_share), ("drift_easing", args.drift_easing),
                                  ("grad_writes", args.grad_writes),
                                  ("occlusion_grad_writes", args.occlusion_grad_writes),
-                                 ("occlusion_share", args.occlusion_share), ("keep_bias", args.keep_bias))
+                                 ("occlusion_share", args.occlusion_share), ("keep_bias", args.keep_bias),
+                                 ("return_weight", args.return_weight))
                if v is not None}
     settings = dataclasses.replace(settings, **changes)
     record["command"] = args.command_line
@@ -440,6 +443,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--keep-bias", type=float,
                        help="denoiser, MALT memory: added to every memory keep gate's logit before training, so "
                             "each write keeps more of what the slots held and the memory lasts longer (default 0)")
+    train.add_argument("--return-weight", type=float,
+                       help="denoiser: extra loss weight, in the windows where an object comes back from behind "
+                            "the pillar, on what the window's clean front chunk does not show (the returning "
+                            "object, whose place and color only memory knows; default 0)")
     train.add_argument("--data-seed", type=int, default=0)
     train.add_argument("--ship", action="store_true", help="also write the result as the bundled demo model (float16)")
     train.set_defaults(run=cmd_train)

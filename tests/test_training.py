@@ -436,6 +436,7 @@ def test_train_refuses_bad_denoiser_flags_before_any_work(tmp_path, capsys):
     for args, message in ((["demo", "--batch", "0"], "--batch must be positive"),
                           (["vae", "--vae-lr", "0"], "--vae-lr must be positive"),
                           (["denoiser", "--object-weight", "-1"], "--object-weight must be 0 or more"),
+                          (["denoiser", "--return-weight", "-2"], "--return-weight must be 0 or more"),
                           (["vae", "--object-weight", "2"], "give it to the denoiser or demo stage"),
                           (["denoiser", "--remade-levels", "0.5", "0.2"], "0 < LOW <= HIGH <= 1"),
                           (["denoiser", "--remade-share", "2"], "give a number from 0 to 1"),
@@ -474,3 +475,27 @@ def test_shipping_a_fine_tune_adds_its_stage_to_the_lineage_once(tmp_path, monke
     # The shipped file shipped again (or a model from scratch, with no lineage) is left as it is.
     assert cli._ship(cli.DEMO_MODEL) == 0
     assert load_checkpoint(cli.DEMO_MODEL).config.record["lineage"] == lineage
+
+
+def test_return_weight_makes_errors_on_what_the_front_does_not_show_cost_more(monkeypatch):
+    """In an occlusion window the pillar is in the front chunk and the returning object is not: only the
+    object's latents carry the return weight, and a model that leaves it hidden pays for it."""
+    from longtake.memory import LongTakeModel
+    model = LongTakeModel(small_model_config())
+    channels, chunk = model.config.denoiser.latent_channels, model.config.denoiser.chunk_frames
+    window = torch.zeros(2, channels, 3 * chunk, 8, 8)
+    window[:, :, :, :, 3] = 2.5                  # the pillar: a column in every frame, the front's too
+    window[:, :, chunk:, 2:4, 5:7] = 2.5         # the object, back in view after the front: 4 latent pixels
+    monkeypatch.setattr(torch, "randn_like", lambda x: torch.zeros_like(x))
+    hidden = window.clone()
+    hidden[:, :, chunk:, 2:4, 5:7] = 0           # a model that draws the pillar and background and no object
+    monkeypatch.setattr(model.denoiser, "forward", lambda noisy, *rest: -hidden)
+    objective = WindowLoss(model)
+    levels = torch.full((2, 3), 0.5)
+    plain, _ = objective(window[:, :, :0], window, levels, [""] * 2, True, 0)
+    weighted, _ = objective(window[:, :, :0], window, levels, [""] * 2, True, 0, return_weight=9.0)
+    error = 2.5 ** 2
+    assert plain == pytest.approx(4 * error / 64)
+    assert weighted == pytest.approx(10 * 4 * error / (10 * 4 + 60))  # the pillar's 8 pixels count once
+    with pytest.raises(ValueError, match="front"):
+        objective(window[:, :, :0], window, levels, [""] * 2, False, 0, return_weight=9.0)
