@@ -1,4 +1,4 @@
-"""Does the memory hold what has left the window? A probe of the MALT slots, apart from the read.
+"""Does the memory hold what has left the window, and does the window read it? Two measures apart from sampling.
 
 The return test of `bench quality` asks the whole model to bring a hidden object back in its color; when it
 fails, the write (the slots never held the color, or lost it) and the read (the color is there and the window
@@ -8,6 +8,13 @@ chunks are written into memory one by one, as sampling writes chunks that leave 
 kept at a few writes before and after the chunk in which the object went entirely behind the pillar. A ridge
 classifier, one against the rest per color, learns the object's color from the slots of three quarters of the
 seeds and is scored on the rest: well above the commonest color's share means the slots hold the color.
+
+The read is asked apart from sampling too (`read_gain`): the same scenes' world chunks written up to a window
+whose clean front shows the pillar alone and whose noisy chunks, at a high noise level, hold the chunk in
+which the object comes back. The denoiser's error on the latents of the returning object is taken with the
+scene's own memory, with the memory of another scene of the same prompt (same background and pillar, another
+object color and path), and with none. A model that reads where and in which color the object comes back
+errs less with its own memory than with the others; one that ignores its memory errs alike with all three.
 """
 from __future__ import annotations
 
@@ -21,6 +28,7 @@ from .quality import PROMPTS, checks_for, first_long_hiding
 # Writes relative to the one of the chunk in which the object hid; the object stays hidden about 6 chunks,
 # so a later write would see it again.
 OFFSETS = (-5, -3, -1, 0, 2, 4)
+READ_LEVEL = 0.9  # the noisy chunks' level in the read measure: the object hardly shows through it
 RIDGE = (0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0)
 FIRST_SEED = 1000  # away from the seeds `bench quality` renders its videos with
 
@@ -91,6 +99,78 @@ def probe_memory(model, scenes_per_prompt: int = 100, prompts=PROMPTS, progress=
                 accuracy={offset: held_out_accuracy(np.stack(slots[offset]), labels, held_out) for offset in OFFSETS})
 
 
+def read_gain(model, scenes_per_prompt: int = 20, prompts=PROMPTS, progress=print) -> dict:
+    """The denoiser's error on the returning object's latents, with the scene's own memory, another scene's and
+    none, for the object coming back in each noisy chunk of the window but the last (see the module's
+    docstring; in the last, the window ends with the chunk of the object's first frames back, which show a
+    sliver of it, too little to count)."""
+    import torch
+    from ..samplers import SamplerSettings
+    from ..training.data import to_pixels
+    from ..training.train_denoiser import FOREGROUND, foreground_distance
+    fpc, chunk = model.config.frames_per_chunk, model.config.denoiser.chunk_frames
+    denoiser = model.denoiser
+    noisy_chunks = SamplerSettings().window_chunks
+    window_frames = (1 + noisy_chunks) * fpc
+    slots = range(1, noisy_chunks)  # the noisy chunk in which the object comes back
+    errors = {name: {slot: [0.0, 0] for slot in slots} for name in ("own", "another", "none")}
+    scenes = 0
+    for prompt in [p for p in prompts if checks_for(p).occlusion is not None]:
+        with torch.no_grad():
+            tokens, bias = model.text([prompt])
+        cases = []  # per scene: its memory before each slot's front, and each slot's window
+        for seed in range(FIRST_SEED, FIRST_SEED + scenes_per_prompt):
+            scene = scene_from_prompt(prompt, seed)
+            hiding = first_long_hiding(scene, model.config.fps, window_frames)
+            if hiding is None:
+                continue
+            back = hiding[1] // fpc
+            fronts = {slot: back - slot for slot in slots}
+            end = (back + noisy_chunks) * fpc  # the last window's end (the object back in its first chunk)
+            if min(fronts.values()) * fpc < hiding[0] or end > round(60 * model.config.fps):
+                continue  # a front that still shows the object, or a window past the minute
+            torch.manual_seed(seed)
+            with torch.no_grad():
+                latents, _ = model.vae.encode(to_pixels(render(scene, 0, end)).to(model.device))
+                state, memories = denoiser.initial_state(1), {}
+                for i in range(max(fronts.values()) + 1):
+                    for slot, front in fronts.items():
+                        if front == i:
+                            memories[slot] = state
+                    state = denoiser.write(state, latents[:, :, i * chunk:(i + 1) * chunk], tokens, bias)
+            windows = {slot: latents[:, :, front * chunk:(front + 1 + noisy_chunks) * chunk]
+                       for slot, front in fronts.items()}
+            cases.append((memories, windows))
+        for index, (memories, windows) in enumerate(cases):
+            if len(cases) < 2:
+                break
+            other = cases[index - 1][0]  # the scene before it (the last for the first): the same prompt
+            for slot, window in windows.items():
+                choices = {"own": memories[slot], "another": other[slot], "none": denoiser.initial_state(1)}
+                memory = {key: torch.cat([m[key] for m in choices.values()]) for key in memories[slot]}
+                rows = len(choices)
+                x0 = window.expand(rows, -1, -1, -1, -1)
+                t = torch.cat([torch.zeros(rows, chunk), torch.full((rows, noisy_chunks * chunk), READ_LEVEL)], 1)
+                generator = torch.Generator().manual_seed(index * 10 + slot)
+                noise = torch.randn(window.shape, generator=generator).to(window.device).expand_as(x0)
+                noisy = (1 - t[:, None, :, None, None]) * x0 + t[:, None, :, None, None] * noise
+                with torch.no_grad():
+                    velocity = denoiser(noisy, t, tokens.expand(rows, -1, -1), bias.expand(rows, -1), memory)
+                error = (velocity - (noise - x0)).pow(2).mean(1)[:, chunk:]  # [rows, T, H, W], noisy chunks
+                distance = foreground_distance(window)[0]
+                returning = ((distance > FOREGROUND) & (distance[chunk - 1:chunk] <= FOREGROUND))[chunk:]
+                for row, name in enumerate(choices):
+                    errors[name][slot][0] += float(error[row][returning].sum())
+                    errors[name][slot][1] += int(returning.sum())
+            scenes += 1
+        progress(f"memory read: {prompt}")
+    if not scenes:
+        raise ValueError("no pillar scene with a long hiding: give more scenes per prompt")
+    return dict(scenes=scenes, level=READ_LEVEL, error={
+        name: {slot: total / count if count else float("nan") for slot, (total, count) in per_slot.items()}
+        for name, per_slot in errors.items()})
+
+
 def table(result: dict) -> str:
     offsets = list(result["accuracy"])
     return "\n".join([
@@ -101,10 +181,25 @@ def table(result: dict) -> str:
         "| color read back | " + " | ".join(f"{result['accuracy'][o]:.0%}" for o in offsets) + " |"])
 
 
+def read_table(result: dict) -> str:
+    slots = list(result["error"]["own"])
+    rows = {"own": "the scene's own", "another": "another scene's", "none": "none (never written)"}
+    return "\n".join([
+        f"Error on the returning object's latents, {result['scenes']} pillar scenes, the window's noisy chunks at "
+        f"noise level {result['level']:g} and its front showing the pillar alone (lower is better):", "",
+        "| memory | " + " | ".join(f"back in noisy chunk {s}" for s in slots) + " |",
+        "|---|" + "---|" * len(slots)] + [
+        f"| {label} | " + " | ".join(f"{result['error'][name][s]:.3f}" for s in slots) + " |"
+        for name, label in rows.items()])
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="the LongTake checkpoint (MALT memory) to probe")
     parser.add_argument("--scenes", type=int, default=100,
-                        help="seeds per pillar prompt (default 100: about 520 scenes, a few minutes on a CPU)")
+                        help="seeds per pillar prompt for the slot probe (default 100: about 520 scenes, a few "
+                             "minutes on a CPU)")
+    parser.add_argument("--read-scenes", type=int, default=20,
+                        help="seeds per pillar prompt for the read measure (default 20: about a minute on a CPU)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
 
 
@@ -112,6 +207,12 @@ def run_from_args(args: argparse.Namespace) -> int:
     from ..memory import load_checkpoint
     if args.scenes < 4:
         raise ValueError(f"--scenes must be at least 4, so that a quarter of the seeds can be held out; got {args.scenes}")
+    if args.read_scenes < 2:
+        raise ValueError(f"--read-scenes must be at least 2, so that a scene can read another's memory; got {args.read_scenes}")
     model = load_checkpoint(args.checkpoint, device=args.device).eval()
-    print(table(probe_memory(model, args.scenes)))
+    if model.config.denoiser.memory == "malt":
+        print(table(probe_memory(model, args.scenes)), end="\n\n")
+    else:
+        print(f"(the slot probe reads MALT slots; this model's memory is {model.config.denoiser.memory!r})\n")
+    print(read_table(read_gain(model, args.read_scenes)))
     return 0

@@ -267,8 +267,36 @@ def test_memory_probe_runs_on_a_model_and_prints_a_share_per_write(tmp_path, cap
     torch.manual_seed(0)
     path = tmp_path / "tiny.safetensors"
     save_checkpoint(randomise(LongTakeModel(config)), path)
-    assert cli(["bench", "memory", str(path), "--scenes", "4"]) == 0
+    assert cli(["bench", "memory", str(path), "--scenes", "4", "--read-scenes", "2"]) == 0
     printed = capsys.readouterr().out
     assert "| color read back |" in printed and printed.count("%") >= 7
+    assert "| the scene's own |" in printed and "| none (never written) |" in printed
     assert cli(["bench", "memory", str(path), "--scenes", "2"]) == 2
     assert "at least 4" in capsys.readouterr().err
+    assert cli(["bench", "memory", str(path), "--read-scenes", "1"]) == 2
+    assert "at least 2" in capsys.readouterr().err
+
+
+def test_memory_read_measure_tells_a_model_that_reads_its_memory_from_one_that_does_not(monkeypatch):
+    from longtake.bench.memory import read_gain
+    config = small_model_config().replace(text=dataclasses.replace(small_model_config().text, vocab=VOCAB))
+    torch.manual_seed(0)
+    model = randomise(LongTakeModel(config)).eval()
+    channels = config.denoiser.latent_channels
+    # A random VAE's latents show no objects; averaged pixels (blown up, so that an object stands out of the
+    # background as in a trained VAE's latents) show the pillar and the object where they are.
+    pooled = lambda pixels: (3 * torch.nn.functional.avg_pool3d(pixels, (4, 8, 8))).repeat(1, 3, 1, 1, 1)[:, :channels]
+    monkeypatch.setattr(model.vae, "encode", lambda pixels: (pooled(pixels), None))
+    measure = lambda: read_gain(model, scenes_per_prompt=2, progress=lambda message: None)
+    reading = measure()
+    slots = list(reading["error"]["own"])
+    errors = [reading["error"][name][slot] for name in ("own", "another", "none") for slot in slots]
+    assert reading["scenes"] >= 2 and slots and all(np.isfinite(errors))
+    assert any(abs(reading["error"]["own"][s] - reading["error"]["none"][s]) > 1e-4 for s in slots)
+    with torch.no_grad():
+        for block in model.denoiser.blocks:
+            block.malt.read_gate.zero_()  # the memory is written as before and never read
+    ignoring = measure()
+    for slot in slots:
+        assert ignoring["error"]["own"][slot] == pytest.approx(ignoring["error"]["none"][slot], rel=1e-4)
+        assert ignoring["error"]["another"][slot] == pytest.approx(ignoring["error"]["none"][slot], rel=1e-4)
