@@ -462,7 +462,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_speed_arguments(speed)
     speed.set_defaults(run=cmd_bench_speed)
     from .bench.memory import add_arguments as add_memory_arguments
-    probe = benches.add_parser("memory", help="whether the memory slots hold a hidden object's color (the write alone)")
+    probe = benches.add_parser("memory", help="whether the memory slots hold a hidden object's color (the write) "
+                                "and whether the window draws the object back from them (the read)")
     add_memory_arguments(probe)
     probe.set_defaults(run=cmd_bench_memory)
     sheet = benches.add_parser("sheet", help="a contact sheet PNG: a frame every few seconds of a video")
