@@ -51,6 +51,27 @@ def held_out_accuracy(features: np.ndarray, labels: np.ndarray, held_out: np.nda
     return best
 
 
+def pillar_prompts(prompts) -> list[str]:
+    """The prompts with a pillar whose object color is not named: those both measures ask about."""
+    chosen = [p for p in prompts if checks_for(p).occlusion is not None]
+    if not chosen:
+        raise ValueError("the memory measures need prompts with a pillar whose object color is not named")
+    return chosen
+
+
+def states_after(denoiser, latents, tokens, bias, counts) -> dict:
+    """The memory after each of `counts` writes, the chunks of `latents [1, C, T, h, w]` written one by one from
+    the first, as sampling writes the chunks that leave its window."""
+    chunk = denoiser.cfg.chunk_frames
+    state, states = denoiser.initial_state(1), {}
+    for written in range(max(counts) + 1):
+        if written:
+            state = denoiser.write(state, latents[:, :, (written - 1) * chunk:written * chunk], tokens, bias)
+        if written in counts:
+            states[written] = state
+    return states
+
+
 def probe_memory(model, scenes_per_prompt: int = 100, prompts=PROMPTS, progress=print) -> dict:
     """Color read back from the slots at each of OFFSETS, over `scenes_per_prompt` seeds of each pillar prompt."""
     import torch
@@ -58,16 +79,12 @@ def probe_memory(model, scenes_per_prompt: int = 100, prompts=PROMPTS, progress=
     from ..training.data import to_pixels
     if model.config.denoiser.memory != "malt":
         raise ValueError(f"the probe reads MALT memory slots; this model's memory is {model.config.denoiser.memory!r}")
-    fpc, chunk = model.config.frames_per_chunk, model.config.denoiser.chunk_frames
-    denoiser = model.denoiser
+    fpc = model.config.frames_per_chunk
     sampling = SamplerSettings()
     window = (sampling.clean_in_front() + sampling.window_chunks) * fpc  # as `bench quality` counts it
     slots = {offset: [] for offset in OFFSETS}
     labels, seeds = [], []
-    pillar_prompts = [p for p in prompts if checks_for(p).occlusion is not None]
-    if not pillar_prompts:
-        raise ValueError("the probe needs prompts with a pillar whose object color is not named")
-    for prompt in pillar_prompts:
+    for prompt in pillar_prompts(prompts):
         with torch.no_grad():
             tokens, bias = model.text([prompt])
         for seed in range(FIRST_SEED, FIRST_SEED + scenes_per_prompt):
@@ -82,11 +99,9 @@ def probe_memory(model, scenes_per_prompt: int = 100, prompts=PROMPTS, progress=
             torch.manual_seed(seed)  # the writes' light noise: a model probed twice reads the same
             with torch.no_grad():
                 latents, _ = model.vae.encode(to_pixels(render(scene, 0, (last + 1) * fpc)).to(model.device))
-                state = denoiser.initial_state(1)
-                for i in range(last + 1):
-                    state = denoiser.write(state, latents[:, :, i * chunk:(i + 1) * chunk], tokens, bias)
-                    if i - hid in slots:
-                        slots[i - hid].append(state["malt.slots"][0].flatten().cpu().numpy())
+                states = states_after(model.denoiser, latents, tokens, bias, {hid + o + 1 for o in OFFSETS})
+            for offset in OFFSETS:
+                slots[offset].append(states[hid + offset + 1]["malt.slots"][0].flatten().cpu().numpy())
             labels.append(scene.objects[0].color)
             seeds.append(seed)
         progress(f"memory probe: {prompt}")
@@ -115,7 +130,7 @@ def read_gain(model, scenes_per_prompt: int = 20, prompts=PROMPTS, progress=prin
     slots = range(1, noisy_chunks)  # the noisy chunk in which the object comes back
     errors = {name: {slot: [0.0, 0] for slot in slots} for name in ("own", "another", "none")}
     scenes = 0
-    for prompt in [p for p in prompts if checks_for(p).occlusion is not None]:
+    for prompt in pillar_prompts(prompts):
         with torch.no_grad():
             tokens, bias = model.text([prompt])
         cases = []  # per scene: its memory before each slot's front, and each slot's window
@@ -132,18 +147,12 @@ def read_gain(model, scenes_per_prompt: int = 20, prompts=PROMPTS, progress=prin
             torch.manual_seed(seed)
             with torch.no_grad():
                 latents, _ = model.vae.encode(to_pixels(render(scene, 0, end)).to(model.device))
-                state, memories = denoiser.initial_state(1), {}
-                for i in range(max(fronts.values()) + 1):
-                    for slot, front in fronts.items():
-                        if front == i:
-                            memories[slot] = state
-                    state = denoiser.write(state, latents[:, :, i * chunk:(i + 1) * chunk], tokens, bias)
+                written = states_after(denoiser, latents, tokens, bias, set(fronts.values()))
+            memories = {slot: written[front] for slot, front in fronts.items()}
             windows = {slot: latents[:, :, front * chunk:(front + 1 + noisy_chunks) * chunk]
                        for slot, front in fronts.items()}
             cases.append((memories, windows))
-        for index, (memories, windows) in enumerate(cases):
-            if len(cases) < 2:
-                break
+        for index, (memories, windows) in enumerate(cases if len(cases) > 1 else []):
             other = cases[index - 1][0]  # the scene before it (the last for the first): the same prompt
             for slot, window in windows.items():
                 choices = {"own": memories[slot], "another": other[slot], "none": denoiser.initial_state(1)}

@@ -227,8 +227,8 @@ class WindowLoss(torch.nn.Module):
         if return_weight:
             if not has_front:
                 raise ValueError("return_weight weighs what the front chunk does not show: give a window with a front")
-            appeared = (distance > FOREGROUND) & (distance[:, chunk - 1:chunk] <= FOREGROUND)
-            weights = weights + return_weight * counted * appeared
+            appeared = foreground * (distance[:, chunk - 1:chunk] <= FOREGROUND)  # not in the front's last frame
+            weights = weights + return_weight * appeared
         object_error = (error * foreground).sum() / foreground.sum()  # NaN when the window shows no object
         return (error * weights).sum() / weights.sum(), object_error.detach()
 
