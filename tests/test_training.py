@@ -12,7 +12,8 @@ from longtake.memory.vae import CausalVideoVAE
 from longtake.training.data import DemoWorld, VideoFolder, to_pixels
 import longtake.training.train_denoiser as train_denoiser_module
 from longtake.training.train_denoiser import (DenoiserTraining, WindowLoss, export, foreground_distance,
-                                              noise_layout, open_keep_gates, switch_memory, train_denoiser)
+                                              noise_layout, occlusion_windows, open_keep_gates, switch_memory,
+                                              train_denoiser)
 from longtake.training.train_vae import ReconstructionLoss, VAETraining, load_trained_vae, train_vae
 from longtake.training.vocab import VOCAB
 
@@ -186,6 +187,20 @@ def test_occlusion_windows_backprop_through_their_own_number_of_writes(trained_v
     fronted = [(prefix, writes) for has_front, prefix, writes in seen if has_front]
     assert fronted and all(prefix == 3 * chunk and writes == 3 for prefix, writes in fronted)
     assert all(writes == 1 for has_front, _, writes in seen if not has_front)
+
+
+def test_occlusion_windows_hold_the_return_after_a_hidden_front_and_never_a_clip_cut_short():
+    """Every window that teaches memory has the object come back in one of its noisy chunks, after at least
+    8 writes and a front chunk; a return too early in its video for that past, or too late for the window, is
+    left out (clamping the clip into the video would lose the return)."""
+    settings = DenoiserTraining(video_chunks=24, window_chunks=4, max_prefix=10)
+    placements = occlusion_windows([[3], [12, 22], []], settings)
+    assert sorted(placements) == [8, 9, 10]
+    # Video 1's return at chunk 12 in noisy chunk 1-4 (clip from chunk 3 down to 0); at chunk 22 only in noisy
+    # chunk 3 or 4, or the clip would run past the video's 24 chunks.
+    assert placements[8] == [(1, 3), (1, 2), (1, 1), (1, 0), (1, 11), (1, 10)]
+    assert placements[10] == [(1, 1), (1, 0), (1, 9), (1, 8)]
+    assert occlusion_windows([[3]], settings) == {}
 
 
 def test_a_trained_model_switches_to_another_memory_keeping_its_other_weights(trained_model, tmp_path):

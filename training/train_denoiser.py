@@ -124,6 +124,24 @@ def load_latents(path: Path) -> tuple[torch.Tensor, list[list[int]]]:
     return load_file(str(path))["latents"], reappear
 
 
+def occlusion_windows(reappear: list[list[int]], settings: DenoiserTraining) -> dict[int, list[tuple[int, int]]]:
+    """Where the windows that teach memory can lie: for each number of chunks written before the window, the
+    (video, first chunk of the clip) of every clip whose noisy chunks hold a chunk in which an object comes back
+    from behind the pillar, in any of them, with the front chunk before it.
+
+    The object was last seen ~8 chunks before it comes back, so that many writes or more bring it into the
+    window from memory only. A return too early in its video for that much past, or too late for the window to
+    fit, is left out rather than moved: a clip cut where the video allows would not show the return at all."""
+    k, placements = settings.window_chunks, {}
+    for prefix in range(min(8, settings.max_prefix), settings.max_prefix + 1):
+        last_start = settings.video_chunks - (prefix + 1 + k)
+        fits = [(video, back - prefix - slot) for video, chunks in enumerate(reappear) for back in chunks
+                for slot in range(1, k + 1) if 0 <= back - prefix - slot <= last_start]
+        if fits:
+            placements[prefix] = fits
+    return placements
+
+
 def noise_layout(settings: DenoiserTraining, batch: int, noisy: int, front: bool, rng: random.Random):
     """Per-chunk levels `[B, front + noisy]` and whether the front chunk counts in the loss (never)."""
     k = settings.window_chunks
@@ -304,7 +322,7 @@ def train_denoiser(config: ModelConfig, vae_state: dict, source, out: Path, sett
         if cached.shape != latents.shape:
             raise ValueError(f"{path} holds latents {tuple(cached.shape)} where the cache beside it holds "
                              f"{tuple(latents.shape)}: it was made for other settings; delete it to encode it again")
-    occluded = [(v, r) for v, chunks in enumerate(reappear) for r in chunks]
+    placements = occlusion_windows(reappear, settings)
 
     trained = [p for name, p in model.named_parameters() if not name.startswith("vae.")]
     optimizer = torch.optim.AdamW(trained, lr=settings.lr, betas=(0.9, 0.99), weight_decay=settings.weight_decay)
@@ -341,14 +359,11 @@ def train_denoiser(config: ModelConfig, vae_state: dict, source, out: Path, sett
             has_front, noisy = True, k
             prefix_chunks = 0 if rng.random() < 0.25 else rng.randint(1, settings.max_prefix)
         span = prefix_chunks + int(has_front) + noisy
-        if has_front and occluded and kind > 1 - settings.occlusion_share:
-            # The object was last seen ~8 chunks before it comes back: far enough back to be in memory only.
-            prefix_chunks = rng.randint(min(8, settings.max_prefix), settings.max_prefix)
+        if has_front and placements and kind > 1 - settings.occlusion_share:
+            prefix_chunks = rng.choice(sorted(placements))
             span = prefix_chunks + 1 + k
-            picks = [(v, r - prefix_chunks - rng.randint(1, k)) for v, r in
-                     (occluded[rng.randrange(len(occluded))] for _ in range(settings.batch))]
-            picks = [(v, min(max(o, 0), settings.video_chunks - span)) for v, o in picks]
-            videos, offsets = [v for v, _ in picks], [o for _, o in picks]
+            pool = placements[prefix_chunks]
+            videos, offsets = zip(*(pool[rng.randrange(len(pool))] for _ in range(settings.batch)))
             drop, return_weight = settings.occlusion_drop, settings.return_weight
             if settings.occlusion_grad_writes is not None:
                 grad_writes = settings.occlusion_grad_writes
