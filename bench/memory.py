@@ -160,6 +160,7 @@ def read_gain(model, scenes_per_prompt: int = 20, prompts=PROMPTS, progress=prin
                 rows = len(choices)
                 x0 = window.expand(rows, -1, -1, -1, -1)
                 t = torch.cat([torch.zeros(rows, chunk), torch.full((rows, noisy_chunks * chunk), READ_LEVEL)], 1)
+                t = t.to(x0.device)
                 generator = torch.Generator().manual_seed(index * 10 + slot)
                 noise = torch.randn(window.shape, generator=generator).to(window.device).expand_as(x0)
                 noisy = (1 - t[:, None, :, None, None]) * x0 + t[:, None, :, None, None] * noise
