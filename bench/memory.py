@@ -122,7 +122,7 @@ def read_gain(model, scenes_per_prompt: int = 20, prompts=PROMPTS, progress=prin
     import torch
     from ..samplers import SamplerSettings
     from ..training.data import to_pixels
-    from ..training.train_denoiser import FOREGROUND, foreground_distance
+    from ..training.train_denoiser import foreground_distance, not_in_front
     fpc, chunk = model.config.frames_per_chunk, model.config.denoiser.chunk_frames
     denoiser = model.denoiser
     noisy_chunks = SamplerSettings().window_chunks
@@ -167,8 +167,7 @@ def read_gain(model, scenes_per_prompt: int = 20, prompts=PROMPTS, progress=prin
                 with torch.no_grad():
                     velocity = denoiser(noisy, t, tokens.expand(rows, -1, -1), bias.expand(rows, -1), memory)
                 error = (velocity - (noise - x0)).pow(2).mean(1)[:, chunk:]  # [rows, T, H, W], noisy chunks
-                distance = foreground_distance(window)[0]
-                returning = ((distance > FOREGROUND) & (distance[chunk - 1:chunk] <= FOREGROUND))[chunk:]
+                returning = not_in_front(foreground_distance(window), chunk)[0, chunk:]
                 for row, name in enumerate(choices):
                     errors[name][slot][0] += float(error[row][returning].sum())
                     errors[name][slot][1] += int(returning.sum())

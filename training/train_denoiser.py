@@ -187,6 +187,12 @@ def foreground_distance(window: torch.Tensor) -> torch.Tensor:
     return (window - background).norm(dim=1)
 
 
+def not_in_front(distance: torch.Tensor, chunk: int) -> torch.Tensor:
+    """`[B, T, H, W]` booleans: foreground latent pixels that the front chunk's last frame (frame `chunk - 1`)
+    does not show as foreground. In a window whose front shows the pillar alone, the object coming back."""
+    return (distance > FOREGROUND) & (distance[:, chunk - 1:chunk] <= FOREGROUND)
+
+
 class WindowLoss(torch.nn.Module):
     """Memory writes, one window forward and the flow-matching loss, as one module for DDP."""
 
@@ -248,7 +254,7 @@ class WindowLoss(torch.nn.Module):
         if return_weight:
             if not has_front:
                 raise ValueError("return_weight weighs what the front chunk does not show: give a window with a front")
-            appeared = foreground * (distance[:, chunk - 1:chunk] <= FOREGROUND)  # not in the front's last frame
+            appeared = counted * not_in_front(distance, chunk)
             weights = weights + return_weight * appeared
         object_error = (error * foreground).sum() / foreground.sum()  # NaN when the window shows no object
         return (error * weights).sum() / weights.sum(), object_error.detach()
