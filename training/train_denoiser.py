@@ -125,18 +125,21 @@ def load_latents(path: Path) -> tuple[torch.Tensor, list[list[int]]]:
     return load_file(str(path))["latents"], reappear
 
 
+OCCLUSION_PAST = 8  # fewest chunks written before an occlusion window: those that showed the object are then past
+
+
 def occlusion_windows(reappear: list[list[int]], settings: DenoiserTraining) -> dict[int, list[tuple[int, int]]]:
     """Where the windows that teach memory can lie: for each number of chunks written before the window, from
-    min(8, max_prefix) up, the (video, first chunk of the clip) of every clip whose noisy chunks hold a chunk in
-    which an object comes back from behind the pillar, with the front chunk before it (hidden: an object stays
-    hidden at least 44 frames, and the front ends at most 32 frames before the return). A clip with two returns
-    is listed once for each.
+    min(OCCLUSION_PAST, max_prefix) up, the (video, first chunk of the clip) of every clip whose noisy chunks
+    hold a chunk in which an object comes back from behind the pillar, with the front chunk before it (hidden:
+    an object stays hidden at least 44 frames, and the front ends at most 32 frames before the return). A clip
+    with two returns is listed once for each.
 
-    With 8 or more writes before the window, the chunks that last showed the object are in memory only. A
-    return too early in its video for that much past, or too late for the window to fit, is left out rather
-    than moved: a clip cut where the video allows would not show the return at all."""
+    With OCCLUSION_PAST or more writes before the window, the chunks that last showed the object are in memory
+    only. A return too early in its video for that much past, or too late for the window to fit, is left out
+    rather than moved: a clip cut where the video allows would not show the return at all."""
     k, placements = settings.window_chunks, {}
-    for prefix in range(min(8, settings.max_prefix), settings.max_prefix + 1):
+    for prefix in range(min(OCCLUSION_PAST, settings.max_prefix), settings.max_prefix + 1):
         last_start = settings.video_chunks - (prefix + 1 + k)
         fits = [(video, back - prefix - slot) for video, chunks in enumerate(reappear) for back in chunks
                 for slot in range(1, k + 1) if 0 <= back - prefix - slot <= last_start]
@@ -335,8 +338,9 @@ def train_denoiser(config: ModelConfig, vae_state: dict, source, out: Path, sett
     if settings.occlusion_share and any(reappear) and not placements and rank == 0:
         warnings.warn(f"LongTake training: no occlusion window fits: every return from behind a pillar lies too "
                       f"early or too late in its {settings.video_chunks}-chunk video for a past of "
-                      f"{min(8, settings.max_prefix)}+ chunks and a window of {1 + settings.window_chunks}; training "
-                      f"goes on without them (a longer video_chunks or a shorter max_prefix makes room for them)")
+                      f"{min(OCCLUSION_PAST, settings.max_prefix)}+ chunks and a window of "
+                      f"{1 + settings.window_chunks}; training goes on without them (a longer video_chunks or a "
+                      f"shorter max_prefix makes room for them)")
 
     trained = [p for name, p in model.named_parameters() if not name.startswith("vae.")]
     optimizer = torch.optim.AdamW(trained, lr=settings.lr, betas=(0.9, 0.99), weight_decay=settings.weight_decay)
