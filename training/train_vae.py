@@ -38,6 +38,15 @@ class VAETraining:
     # The decoder also sees latents off by up to this share of each channel's spread, so that the small
     # errors a denoiser makes decode to a clean frame instead of a patch of wrong colour.
     decoder_noise: float = 0.2
+    # ...and each latent's channels shifted as a whole, by up to this share of their spread: a denoiser gets
+    # each chunk's overall tint slightly wrong (about 0.01-0.09 of a channel's spread from one latent to the
+    # next in the demo model's videos, where the world's own latents hold still), and a decoder that passes
+    # such a shift on makes a jump where one latent's frames meet the next, which on a still scene the cut
+    # detector reads as a cut.
+    tint_noise: float = 0.0
+    # L1 weight on the frame-to-frame change of the reconstruction error: an error held from frame to frame
+    # (a tint kept) shows far less than one that jumps at every latent.
+    steady_weight: float = 0.0
     # Train the decoder alone: the encoder and the latent statistics stay as they are, so a denoiser
     # trained on this VAE's latents keeps working with the new decoder.
     decoder_only: bool = False
@@ -64,6 +73,10 @@ class ReconstructionLoss(torch.nn.Module):
         spread = mean.detach().std(dim=(0, 2, 3, 4), keepdim=True)
         level = self.settings.decoder_noise * torch.rand(mean.shape[0], 1, 1, 1, 1, device=mean.device)
         latents = latents + level * spread * torch.randn_like(mean)
+        if self.settings.tint_noise:
+            batch, channels, times = mean.shape[:3]
+            tint = self.settings.tint_noise * torch.rand(batch, 1, 1, 1, 1, device=mean.device)
+            latents = latents + tint * spread * torch.randn(batch, channels, times, 1, 1, device=mean.device)
         cache = None
         if past_latents:
             with torch.no_grad():
@@ -71,13 +84,21 @@ class ReconstructionLoss(torch.nn.Module):
             latents = latents[:, :, past_latents:]
             wanted = wanted[:, :, past_latents * self.vae.cfg.time_factor:]
         recon, _ = self.vae.decode(latents, cache)
-        mse = (recon - wanted).pow(2).mean()
-        l1 = (recon - wanted).abs().mean()
+        error = recon - wanted
+        mse = error.pow(2).mean()
+        l1 = error.abs().mean()
+        unsteady = unsteadiness(error)
         kl = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).mean()
-        loss = mse + self.settings.l1_weight * l1
+        loss = mse + self.settings.l1_weight * l1 + self.settings.steady_weight * unsteady
         if not self.settings.decoder_only:  # a frozen encoder's posterior is not this loss's to shape
             loss = loss + self.settings.kl_weight * kl
-        return loss, {"mse": mse.item(), "l1": l1.item(), "kl": kl.item()}
+        return loss, {"mse": mse.item(), "l1": l1.item(), "unsteady": unsteady.item(), "kl": kl.item()}
+
+
+def unsteadiness(error: torch.Tensor) -> torch.Tensor:
+    """Mean absolute frame-to-frame change of a reconstruction error `[B, C, T, H, W]`: zero for an error
+    that holds still, however large, and largest for one that flickers."""
+    return (error[:, :, 1:] - error[:, :, :-1]).abs().mean()
 
 
 def heldout_measures(vae: CausalVideoVAE, source, clips: int, frames: int = 64) -> dict:
