@@ -192,7 +192,7 @@ def cmd_train(args) -> int:
     for flag, value in (("--object-weight", args.object_weight), ("--return-weight", args.return_weight)):
         if value is not None and not 0 <= value < float("inf"):
             raise ValueError(f"{flag} must be 0 or more (0 weighs every latent pixel alike), got {value}")
-    for flag, value in (("--tint-noise", args.tint_noise), ("--steady-weight", args.steady_weight)):
+    for flag, value in (("--tint-noise", args.tint_noise), ("--seam-weight", args.seam_weight)):
         if value is not None and not 0 <= value < float("inf"):
             raise ValueError(f"{flag} must be 0 or more (0 leaves it out), got {value}")
         if value is not None and args.stage not in ("vae", "demo"):
@@ -215,8 +215,8 @@ def cmd_train(args) -> int:
             vae_settings = dataclasses.replace(vae_settings, lr=args.vae_lr)
         if args.tint_noise is not None:
             vae_settings = dataclasses.replace(vae_settings, tint_noise=args.tint_noise)
-        if args.steady_weight is not None:
-            vae_settings = dataclasses.replace(vae_settings, steady_weight=args.steady_weight)
+        if args.seam_weight is not None:
+            vae_settings = dataclasses.replace(vae_settings, seam_weight=args.seam_weight)
         from .memory.config import VAEConfig
         vae_config = VAEConfig() if base is None else base.config.vae
         if args.frame_delay is not None:
@@ -411,9 +411,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="vae: the decoder also sees each latent's channels shifted as a whole by up to this "
                             "share of their spread, as a denoiser gets each chunk's tint slightly wrong, so it "
                             "learns not to pass such a shift on as a jump between latents (default 0)")
-    train.add_argument("--steady-weight", type=float,
-                       help="vae: loss weight on the frame-to-frame change of the reconstruction error, so "
-                            "errors hold still rather than flicker at each latent (default 0)")
+    train.add_argument("--seam-weight", type=float,
+                       help="vae: loss weight on the change of the reconstruction error where one latent's "
+                            "frames meet the next one's, so a wrong tint is held across the seam rather than "
+                            "jumping there (default 0)")
     train.add_argument("--decoder-only", action="store_true",
                        help="vae with --init: fine-tune the decoder alone; the latents stay the same, so the "
                             "result is the whole model with the new decoder (model.safetensors in --out)")

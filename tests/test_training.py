@@ -14,7 +14,7 @@ import longtake.training.train_denoiser as train_denoiser_module
 from longtake.training.train_denoiser import (DenoiserTraining, WindowLoss, export, foreground_distance,
                                               noise_layout, occlusion_windows, open_keep_gates, switch_memory,
                                               train_denoiser)
-from longtake.training.train_vae import ReconstructionLoss, VAETraining, load_trained_vae, train_vae, unsteadiness
+from longtake.training.train_vae import ReconstructionLoss, VAETraining, load_trained_vae, seam_jump, train_vae
 from longtake.training.vocab import VOCAB
 
 TINY_VAE = dict(batch=2, frames=8, past_latents=2, heldout_clips=1, log_every=1, save_every=2, warmup=1)
@@ -58,13 +58,16 @@ def test_decoder_loss_after_a_decoded_past_is_the_loss_on_that_stretch_of_the_wh
             assert parts["mse"] == pytest.approx((tail - wanted).pow(2).mean().item(), rel=1e-4)
 
 
-def test_steady_loss_charges_an_error_that_jumps_between_frames_not_one_that_holds():
-    """A tint held over the frames costs nothing extra; the same tint switched on at a latent boundary does."""
-    held = torch.full((1, 3, 8, 4, 4), 0.2)
-    jumping = held.clone()
-    jumping[:, :, :4] = 0.0  # right for one latent's frames, off by 0.2 from the next latent on
-    assert unsteadiness(held).item() == 0.0
-    assert unsteadiness(jumping).item() == pytest.approx(0.2 / 7)  # one jump of 0.2 over 7 frame pairs
+def test_seam_loss_charges_an_error_that_jumps_where_latents_meet_and_only_there():
+    """A tint held over the frames costs nothing extra; the same tint switched on at a latent boundary does,
+    and a change inside a latent's frames is the plain loss's to judge."""
+    held = torch.full((1, 3, 12, 4, 4), 0.2)
+    at_seam, inside = held.clone(), held.clone()
+    at_seam[:, :, :4] = 0.0  # right for the first latent's frames, off by 0.2 from the second latent on
+    inside[:, :, :2] = 0.0   # the change between a latent's second and third frames
+    assert seam_jump(held, 4).item() == 0.0
+    assert seam_jump(inside, 4).item() == 0.0
+    assert seam_jump(at_seam, 4).item() == pytest.approx(0.2 / 2)  # one of the two seams jumps by 0.2
 
     torch.manual_seed(0)
     config = small_model_config().vae
@@ -75,11 +78,11 @@ def test_steady_loss_charges_an_error_that_jumps_between_frames_not_one_that_hol
         mean, _ = vae.moments(clips[:, :, config.frame_delay:])
     vae.moments = lambda pixels: (mean, torch.full_like(mean, -80.0))  # no posterior noise
     for weight in (0.0, 2.0):
-        objective = ReconstructionLoss(vae, VAETraining(decoder_noise=0.0, steady_weight=weight))
+        objective = ReconstructionLoss(vae, VAETraining(decoder_noise=0.0, seam_weight=weight))
         with torch.no_grad():
             losses[weight], parts = objective(clips)
-    assert parts["unsteady"] > 0
-    assert (losses[2.0] - losses[0.0]).item() == pytest.approx(2.0 * parts["unsteady"], rel=1e-4)
+    assert parts["seam"] > 0
+    assert (losses[2.0] - losses[0.0]).item() == pytest.approx(2.0 * parts["seam"], rel=1e-4)
 
 
 def denoise(out, steps, vae_dir):
