@@ -330,6 +330,11 @@ def cmd_bench_memory(args) -> int:
     return run_from_args(args)
 
 
+def cmd_bench_seams(args) -> int:
+    from .bench.seams import run_from_args
+    return run_from_args(args)
+
+
 def cmd_bench_quality(args) -> int:
     from .bench.quality import run_from_args
     return run_from_args(args)
@@ -484,6 +489,11 @@ def build_parser() -> argparse.ArgumentParser:
                                 "and whether the window draws the object back from them (the read)")
     add_memory_arguments(probe)
     probe.set_defaults(run=cmd_bench_memory)
+    from .bench.seams import add_arguments as add_seams_arguments
+    seams = benches.add_parser("seams", help="one model's sampled latents through several decoders: cuts and "
+                                             "jumps where latents meet, and the clip measures")
+    add_seams_arguments(seams)
+    seams.set_defaults(run=cmd_bench_seams)
     sheet = benches.add_parser("sheet", help="a contact sheet PNG: a frame every few seconds of a video")
     sheet.add_argument("video")
     sheet.add_argument("--out", default="sheet.png")
