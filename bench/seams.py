@@ -18,6 +18,7 @@ clip measures, which a decoder can also move.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import time
 from dataclasses import replace
@@ -29,7 +30,7 @@ from .quality import (CLIP_SECONDS, FAST_PROMPTS, MOTION_KEPT, PROMPTS, checks_f
                       background_by_clip, features, motion_ratio, MOTION_SECONDS, mp4_frames, scene_cuts, share)
 
 CUT_SCORE, CUT_RATIO, NEIGHBOURS = 15.0, 3.0, 2  # PySceneDetect's AdaptiveDetector defaults
-NEAR = 0.5, 2.0  # a near cut: half the detector's score and two thirds of its ratio
+NEAR_SCORE, NEAR_RATIO = CUT_SCORE / 2, CUT_RATIO * 2 / 3  # a near cut
 
 
 def content_scores(frames: np.ndarray) -> np.ndarray:
@@ -46,7 +47,7 @@ def near_cuts(scores: np.ndarray) -> int:
     count = 0
     for i in range(1, len(scores)):
         around = np.concatenate([scores[max(1, i - NEIGHBOURS):i], scores[i + 1:i + 1 + NEIGHBOURS]])
-        if len(around) and scores[i] >= NEAR[0] * CUT_SCORE and scores[i] >= NEAR[1] * max(around.mean(), 1e-6):
+        if len(around) and scores[i] >= NEAR_SCORE and scores[i] >= NEAR_RATIO * max(around.mean(), 1e-6):
             count += 1
     return count
 
@@ -104,6 +105,8 @@ def run_seams(checkpoint: str | Path, decoders: list[str | Path], out_dir: Path,
     from ..samplers import LongVideo, PromptSchedule, SamplerSettings
     from ..samplers.video import Mp4Writer, to_uint8_frames
 
+    if importlib.util.find_spec("scenedetect") is None:  # say so before the sampling, not after it
+        raise ValueError('the seams benchmark needs PySceneDetect: pip install "comfyui-longtake[bench]"')
     prompts = list(PROMPTS if prompts is None else prompts)
     for prompt in prompts:  # a prompt the world cannot read fails before any work
         checks_for(prompt)
