@@ -413,8 +413,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="vae: frames the decoder renders late, so each latent's frames lie between it and "
                             "the one before and motion is smooth (default: the model's own, 0 for a new VAE)")
     train.add_argument("--tint-noise", type=float,
-                       help="vae: the decoder also sees each latent's channels shifted as a whole by up to this "
-                            "share of their spread, as a denoiser gets each chunk's tint slightly wrong, so it "
+                       help="vae: the decoder also sees each latent's channels shifted as a whole by noise of up "
+                            "to this share of their spread, as a denoiser gets each chunk's tint slightly wrong, so it "
                             "learns not to pass such a shift on as a jump between latents (default 0)")
     train.add_argument("--seam-weight", type=float,
                        help="vae: loss weight on the change of the reconstruction error where one latent's "

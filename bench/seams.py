@@ -13,7 +13,8 @@ same latents with each decoder given, a decoder of the same latent space (a deco
 decoder it reports the videos with a cut, the near cuts (a frame scoring at least half the detector's 15 and
 twice its neighbours' mean), the seam ratio (mean content score at the first frame of a latent over that of
 the other frames: 1 is change spread evenly, above 1 is change in steps at the seams) and `bench quality`'s
-clip measures, which a decoder can also move.
+clip measures (background, object colors: the share of clips, averaged over the videos; motion kept: the share
+of videos), which a decoder can also move.
 """
 from __future__ import annotations
 
@@ -43,7 +44,8 @@ def content_scores(frames: np.ndarray) -> np.ndarray:
 
 
 def near_cuts(scores: np.ndarray) -> int:
-    """Frames that score at least half the detector's minimum and twice their neighbours' mean."""
+    """Frames that score at least half the detector's minimum and twice their neighbours' mean (frames
+    near either end against the neighbours they have)."""
     count = 0
     for i in range(1, len(scores)):
         around = np.concatenate([scores[max(1, i - NEIGHBOURS):i], scores[i + 1:i + 1 + NEIGHBOURS]])
@@ -63,7 +65,7 @@ def measure(mp4: Path, prompt: str, fps: float, step: int, first_seam: int) -> d
     """The video as the detector and `bench quality` read it: from the mp4."""
     checks = checks_for(prompt)
     frames = np.stack(list(mp4_frames(mp4)))
-    f = features(iter(frames))
+    f = features(frames)
     clips = clip_slices(len(frames), round(CLIP_SECONDS * fps))
     scores = content_scores(frames)
     colors = colors_by_clip(f, clips, checks.object_colors)
@@ -108,6 +110,8 @@ def run_seams(checkpoint: str | Path, decoders: list[str | Path], out_dir: Path,
     if importlib.util.find_spec("scenedetect") is None:  # say so before the sampling, not after it
         raise ValueError('the seams benchmark needs PySceneDetect: pip install "comfyui-longtake[bench]"')
     prompts = list(PROMPTS if prompts is None else prompts)
+    if not prompts:
+        raise ValueError("give at least one prompt")
     for prompt in prompts:  # a prompt the world cannot read fails before any work
         checks_for(prompt)
     model = load_checkpoint(checkpoint, device=device)

@@ -28,8 +28,18 @@ def test_a_tint_that_steps_at_each_latent_reads_as_seams_and_the_same_change_spr
     assert seams.seam_ratio(stepped_scores, 4, 0) > 10  # all of its change at the seams
     assert 0.5 < seams.seam_ratio(seams.content_scores(spread), 4, 0) < 2
     assert seams.seam_ratio(stepped_scores, 4, 2) < 0.1  # seams elsewhere than where it steps: no steps there
-    # On near-black a red step of 4 levels is a large change of hue and saturation, as the cut detector sees it.
+    # On near-black a red step of 4 levels is a large change of saturation, as the cut detector sees it.
     assert seams.near_cuts(stepped_scores) >= 10 and seams.near_cuts(seams.content_scores(spread)) == 0
+
+
+def test_content_scores_are_the_cut_detectors_own():
+    from scenedetect.detectors import ContentDetector
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (5, 8, 8, 3), dtype=np.uint8)
+    frames[2:, :, :, 2] //= 3  # less blue from frame 2 on: a change whose hue depends on the channel order
+    detector = ContentDetector()
+    expected = [detector._calculate_frame_score(i, np.ascontiguousarray(f[:, :, ::-1])) for i, f in enumerate(frames)]
+    assert np.allclose(seams.content_scores(frames), expected)
 
 
 def test_fast_run_decodes_the_same_latents_with_each_decoder_and_refuses_another_latent_space(tmp_path, capsys):
@@ -47,6 +57,17 @@ def test_fast_run_decodes_the_same_latents_with_each_decoder_and_refuses_another
     assert len(own) == len(report["prompts"]) == 2 and all(v["seam_ratio"] > 0 for v in own)
     assert sorted(p.name for p in out.glob("*.mp4")) == ["decoder0-00.mp4", "decoder0-01.mp4",
                                                          "decoder1-00.mp4", "decoder1-01.mp4"]
+
+    with torch.no_grad():  # another decoder of the same latents
+        for weight in model.vae.decoder.parameters():
+            weight.add_(0.05 * torch.randn_like(weight))
+    save_checkpoint(model, tmp_path / "tuned.safetensors")
+    assert cli(["bench", "seams", str(tmp_path / "tiny.safetensors"), "--decoder", str(tmp_path / "tuned.safetensors"),
+                "--fast", "--out", str(tmp_path / "tuned")]) == 0
+    capsys.readouterr()
+    report = json.loads((tmp_path / "tuned" / "seams.json").read_text())
+    own, tuned = (report["decoders"][name]["videos"] for name in report["decoders"])
+    assert [v["seam_ratio"] for v in own] != [v["seam_ratio"] for v in tuned]  # each decoder decodes its own way
 
     model.vae.latent_std.mul_(2)  # the decoder of another latent space
     save_checkpoint(model, tmp_path / "other.safetensors")

@@ -62,12 +62,14 @@ def test_seam_loss_charges_an_error_that_jumps_where_latents_meet_and_only_there
     """A tint held over the frames costs nothing extra; the same tint switched on at a latent boundary does,
     and a change inside a latent's frames is the plain loss's to judge."""
     held = torch.full((1, 3, 12, 4, 4), 0.2)
-    at_seam, inside = held.clone(), held.clone()
+    at_seam = held.clone()
     at_seam[:, :, :4] = 0.0  # right for the first latent's frames, off by 0.2 from the second latent on
-    inside[:, :, :2] = 0.0   # the change between a latent's second and third frames
+    frames = torch.arange(12.0)
+    inside = (frames - frames // 4).view(1, 1, 12, 1, 1).expand(1, 3, 12, 4, 4)  # 0 1 2 3 3 4 5 6 6 7 8 9
     assert seam_jump(held, 4).item() == 0.0
-    assert seam_jump(inside, 4).item() == 0.0
+    assert seam_jump(inside, 4).item() == 0.0  # a change at every frame pair but the two seams
     assert seam_jump(at_seam, 4).item() == pytest.approx(0.2 / 2)  # one of the two seams jumps by 0.2
+    assert seam_jump(at_seam[:, :, :4], 4).item() == 0.0  # one latent's frames have no seam
 
     torch.manual_seed(0)
     config = small_model_config().vae

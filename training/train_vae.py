@@ -38,7 +38,8 @@ class VAETraining:
     # The decoder also sees latents off by up to this share of each channel's spread, so that the small
     # errors a denoiser makes decode to a clean frame instead of a patch of wrong colour.
     decoder_noise: float = 0.2
-    # ...and each latent's channels shifted as a whole, by up to this share of their spread: a denoiser gets
+    # ...and each latent's channels shifted as a whole, by noise of up to this share of their spread (the
+    # standard deviation, drawn per clip between 0 and this): a denoiser gets
     # each chunk's overall tint slightly wrong (about 0.01-0.09 of a channel's spread from one latent to the
     # next in the demo model's videos, where the world's own latents hold still), and a decoder that passes
     # such a shift on makes a jump where one latent's frames meet the next, which on a still scene the cut
@@ -100,6 +101,8 @@ def seam_jump(error: torch.Tensor, step: int) -> torch.Tensor:
     """Mean absolute change of a reconstruction error `[B, C, T, H, W]` (frames from latent boundaries on,
     `step` frames per latent) from each latent's last frame to the next one's first: zero for an error that
     holds across the seams, however large."""
+    if error.shape[2] <= step:  # one latent's frames: no seam to charge
+        return error.new_zeros(())
     return (error[:, :, step::step] - error[:, :, step - 1:-1:step]).abs().mean()
 
 
