@@ -24,23 +24,26 @@ import json
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 
-from .quality import (CLIP_SECONDS, FAST_PROMPTS, MOTION_KEPT, PROMPTS, checks_for, clip_slices, colors_by_clip,
-                      background_by_clip, features, motion_ratio, MOTION_SECONDS, mp4_frames, scene_cuts, share)
+from .quality import FAST_PROMPTS, MOTION_KEPT, PROMPTS, checks_for, measure_video, mp4_frames, share
 
 CUT_SCORE, CUT_RATIO, NEIGHBOURS = 15.0, 3.0, 2  # PySceneDetect's AdaptiveDetector defaults
 NEAR_SCORE, NEAR_RATIO = CUT_SCORE / 2, CUT_RATIO * 2 / 3  # a near cut
 
 
-def content_scores(frames: np.ndarray) -> np.ndarray:
-    """The detector's content score of each frame against the one before (0 for the first): mean absolute
-    change of OpenCV's hue, saturation and value, weighted alike."""
+def content_scores(frames: Iterable[np.ndarray]) -> np.ndarray:
+    """The detector's content score of each RGB frame against the one before (0 for the first): mean absolute
+    change of OpenCV's hue, saturation and value, weighted alike. One frame at a time, as `features` reads."""
     import cv2
-    hsv = np.stack([cv2.cvtColor(np.ascontiguousarray(f[:, :, ::-1]), cv2.COLOR_BGR2HSV) for f in frames])
-    change = np.abs(np.diff(hsv.astype(np.int16), axis=0)).mean(axis=(1, 2, 3))
-    return np.concatenate([[0.0], change])
+    scores, previous = [], None
+    for frame in frames:
+        hsv = cv2.cvtColor(np.ascontiguousarray(frame[:, :, ::-1]), cv2.COLOR_BGR2HSV).astype(np.int16)
+        scores.append(0.0 if previous is None else float(np.abs(hsv - previous).mean()))
+        previous = hsv
+    return np.array(scores)
 
 
 def near_cuts(scores: np.ndarray) -> int:
@@ -63,17 +66,14 @@ def seam_ratio(scores: np.ndarray, step: int, first_seam: int) -> float:
 
 def measure(mp4: Path, prompt: str, fps: float, step: int, first_seam: int) -> dict:
     """The video as the detector and `bench quality` read it: from the mp4."""
-    checks = checks_for(prompt)
-    frames = np.stack(list(mp4_frames(mp4)))
-    f = features(frames)
-    clips = clip_slices(len(frames), round(CLIP_SECONDS * fps))
-    scores = content_scores(frames)
-    colors = colors_by_clip(f, clips, checks.object_colors)
-    return dict(prompt=prompt, cuts=scene_cuts(mp4), near_cuts=near_cuts(scores),
+    # `bench quality`'s own measures; occlusion events need a sampler's window and are that benchmark's to count.
+    measured = measure_video(mp4, replace(checks_for(prompt), occlusion=None), fps, window=0)
+    scores = content_scores(mp4_frames(mp4))
+    colors = [v for values in measured["object_colors"].values() for v in values]
+    return dict(prompt=prompt, cuts=measured["scene_cuts"], near_cuts=near_cuts(scores),
                 seam_ratio=seam_ratio(scores, step, first_seam),
-                background=share(background_by_clip(f, clips, checks.background)) if checks.background else None,
-                object_colors=share([v for values in colors.values() for v in values]) if colors else None,
-                motion_ratio=motion_ratio(f.diff, min(round(MOTION_SECONDS * fps), len(frames) // 2)))
+                background=None if measured["background"] is None else share(measured["background"]),
+                object_colors=share(colors) if colors else None, motion_ratio=measured["motion_ratio"])
 
 
 def summary(videos: list[dict]) -> dict:
