@@ -195,12 +195,11 @@ def cmd_train(args) -> int:
     for flag, value in (("--tint-noise", args.tint_noise), ("--seam-weight", args.seam_weight)):
         if value is not None and not 0 <= value < float("inf"):
             raise ValueError(f"{flag} must be 0 or more (0 leaves it out), got {value}")
+    for flag, value in (("--frame-delay", args.frame_delay), ("--tint-noise", args.tint_noise),
+                        ("--seam-weight", args.seam_weight)):
         if value is not None and args.stage not in ("vae", "demo"):
-            raise ValueError(f"{flag} sets how the VAE's decoder is trained: give it to the vae or demo stage, "
-                             f"not {args.stage}")
-    if args.frame_delay is not None and args.stage not in ("vae", "demo"):
-        raise ValueError(f"--frame-delay sets how the VAE is trained: give it to the vae or demo stage, not "
-                         f"{args.stage}")
+            raise ValueError(f"{flag} sets how the VAE is trained: give it to the vae or demo stage, not "
+                             f"{args.stage}")
     source = VideoFolder(args.videos, resolution=64) if args.videos else DemoWorld(seed=args.data_seed)
     base = load_checkpoint(args.init) if args.init else None
     if args.keep_bias and (args.memory or (base.config.denoiser.memory if base else "malt")) != "malt":

@@ -496,7 +496,12 @@ def test_train_refuses_bad_denoiser_flags_before_any_work(tmp_path, capsys):
                           (["denoiser", "--drifted-share", "1.5"], "give a number from 0 to 1"),
                           (["denoiser", "--drifted-share", "0.3", "--videos", str(tmp_path)], "footage"),
                           (["denoiser", "--drift-easing", "2"], "with --drifted-share"),
-                          (["denoiser", "--drifted-share", "0.5", "--drift-easing", "5"], "0 to 4")):
+                          (["denoiser", "--drifted-share", "0.5", "--drift-easing", "5"], "0 to 4"),
+                          (["vae", "--tint-noise", "-0.1"], "--tint-noise must be 0 or more"),
+                          (["vae", "--seam-weight", "-1"], "--seam-weight must be 0 or more"),
+                          (["denoiser", "--seam-weight", "1"], "give it to the vae or demo stage"),
+                          (["denoiser", "--tint-noise", "0.1"], "give it to the vae or demo stage"),
+                          (["denoiser", "--frame-delay", "2"], "give it to the vae or demo stage")):
         assert cli(["train", *args, "--out", str(tmp_path / "run")]) == 2
         assert message in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
