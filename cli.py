@@ -229,7 +229,7 @@ def cmd_train(args) -> int:
         from .memory import save_checkpoint
         tuned, vae_config, vae_record = load_trained_vae(out)
         base.vae.load_state_dict(tuned.state_dict())
-        record = dict(base.config.record, command=args.command_line,  # the file's last stage
+        record = dict(_with_own_stage(base.config.record), command=args.command_line, commit=_commit(),
                       decoder_fine_tuned=dict(vae_record, from_model=str(args.init), command=args.command_line))
         path = out / "model.safetensors"
         save_checkpoint(base, path, config=base.config.replace(vae=vae_config, record=record))
@@ -242,7 +242,7 @@ def cmd_train(args) -> int:
     if base is not None:
         # A VAE fine-tuned in this run folder replaces the checkpoint's own.
         initial, config = base.state_dict(), base.config
-        record = dict(base.config.record, fine_tuned_from=str(args.init))
+        record = dict(_with_own_stage(base.config.record), fine_tuned_from=str(args.init))
         if args.memory and args.memory != config.denoiser.memory:
             initial, config = switch_memory(initial, config, args.memory, seed=args.data_seed)
             record["memory_switched_from"] = base.config.denoiser.memory
@@ -269,7 +269,7 @@ def cmd_train(args) -> int:
                                  ("return_weight", args.return_weight))
                if v is not None}
     settings = dataclasses.replace(settings, **changes)
-    record["command"] = args.command_line
+    record["command"], record["commit"] = args.command_line, _commit()
     path = train_denoiser(config, vae_state, source, out, settings, record, initial=initial)
     return _ship(path) if args.ship else 0
 
@@ -282,24 +282,38 @@ def _ship(path: Path) -> int:
     import torch
     from .memory import load_checkpoint, save_checkpoint
     model = load_checkpoint(path)
-    record = dict(model.config.record)
-    if record.get("lineage") and record["lineage"][-1]["command"] != record.get("command"):
-        record["lineage"] = [*record["lineage"], _stage(record)]
+    record = _with_own_stage(model.config.record)
     DEMO_MODEL.parent.mkdir(exist_ok=True)
     save_checkpoint(model, DEMO_MODEL, config=model.config.replace(record=record), dtype=torch.float16)
     print(f"shipped {DEMO_MODEL} ({DEMO_MODEL.stat().st_size / 1e6:.1f} MB, float16)")
     return 0
 
 
-def _stage(record: dict) -> dict:
-    """The lineage entry of the run that wrote `record`: its command, the code's commit, its time, and what it
-    trained (a decoder fine-tune records its own command; any other run trained the denoiser)."""
+def _with_own_stage(record: dict) -> dict:
+    """`record` with the run that wrote it added to its lineage, if it carries a lineage that does not end
+    with that run. Done when a model is shipped, and when a model not shipped is fine-tuned further, so
+    that a stage in between (a denoiser run, then its decoder tuned) is not lost from the shipped file."""
+    record = dict(record)
+    if record.get("lineage") and record["lineage"][-1]["command"] != record.get("command"):
+        record["lineage"] = [*record["lineage"], _stage(record)]
+    return record
+
+
+def _commit() -> str:
+    """The code's git commit, recorded in a trained model ("unknown" for an installed copy outside git)."""
     import subprocess
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parent,
-                                capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):  # an installed copy outside git
-        commit = "unknown"
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parent,
+                              capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _stage(record: dict) -> dict:
+    """The lineage entry of the run that wrote `record`: its command, the code's commit (the one it recorded
+    when it trained; models trained before that was recorded take the present one), its time, and what it
+    trained (a decoder fine-tune records its own command; any other run trained the denoiser)."""
+    commit = record.get("commit") or _commit()
     decoder = record.get("decoder_fine_tuned", {})
     if decoder.get("command") == record["command"]:
         what = (f"the VAE decoder alone, {decoder['steps']:,} steps from {decoder['from_model']}: "

@@ -247,10 +247,17 @@ def test_a_trained_model_switches_to_another_memory_keeping_its_other_weights(tr
         assert torch.equal(base.state_dict()[name], weights[name]), name
 
 
-def test_decoder_only_fine_tune_keeps_the_latents_and_hands_back_the_whole_model(trained_model, tmp_path, capsys):
+def test_decoder_only_fine_tune_keeps_the_latents_and_hands_back_the_whole_model(trained_model, tmp_path, capsys,
+                                                                                 monkeypatch):
+    from longtake import cli as cli_module
     from longtake.cli import main as cli
     from longtake.memory import save_checkpoint
-    save_checkpoint(trained_model, tmp_path / "base.safetensors")
+    # The base is a denoiser run that was never shipped, fine-tuned from one that was.
+    shipped = dict(command="longtake train denoiser --out runs/a", commit="abc1234", seconds=10, what="the first run")
+    base_record = dict(command="longtake train denoiser --out runs/b --init a.safetensors", commit="def5678",
+                       fine_tuned_from="a.safetensors", lineage=[shipped],
+                       denoiser=dict(steps=30, final_loss=0.1, seconds=20))
+    save_checkpoint(trained_model, tmp_path / "base.safetensors", config=trained_model.config.replace(record=base_record))
     out = tmp_path / "decoder"
     assert cli(["train", "vae", "--decoder-only", "--out", str(out), "--vae-steps", "2"]) == 2
     assert "give --init" in capsys.readouterr().err
@@ -267,6 +274,14 @@ def test_decoder_only_fine_tune_keeps_the_latents_and_hands_back_the_whole_model
     assert record["settings"]["lr"] == 3e-4
     assert record["settings"]["decoder_only"] and record["heldout_psnr_db"] > 0 and record["heldout_step_ratio"] > 0
     assert "--decoder-only" in tuned.config.record["command"]  # the record names the command that made the file
+    # Shipped, the file lists both runs after the shipped one: the denoiser run and then its decoder.
+    monkeypatch.setattr(cli_module, "DEMO_MODEL", tmp_path / "models" / "demo.safetensors")
+    assert cli_module._ship(out / "model.safetensors") == 0
+    lineage = load_checkpoint(cli_module.DEMO_MODEL).config.record["lineage"]
+    assert [stage["command"] for stage in lineage] == [shipped["command"], base_record["command"],
+                                                      tuned.config.record["command"]]
+    assert lineage[1]["commit"] == "def5678" and "30 steps from a.safetensors" in lineage[1]["what"]
+    assert "the VAE decoder alone, 2 steps" in lineage[2]["what"]
 
 
 def test_heldout_step_ratio_is_one_for_a_faithful_decoder_and_high_for_a_stepped_one(trained_vae):
