@@ -150,7 +150,8 @@ def cmd_train(args) -> int:
     if args.decoder_only and args.stage != "vae":
         raise ValueError(f"--decoder-only is for the vae stage (longtake train vae --init ... --decoder-only), "
                          f"not {args.stage}")
-    for flag, value in (("--denoiser-steps", args.denoiser_steps), ("--batch", args.batch), ("--lr", args.lr),
+    for flag, value in (("--vae-steps", args.vae_steps), ("--denoiser-steps", args.denoiser_steps),
+                        ("--batch", args.batch), ("--lr", args.lr),
                         ("--vae-lr", args.vae_lr), ("--cache-videos", args.cache_videos)):
         if value is not None and not value > 0:  # before the VAE stage, not an hour into it
             raise ValueError(f"{flag} must be positive, got {value}")
@@ -202,6 +203,8 @@ def cmd_train(args) -> int:
                              f"{args.stage}")
     source = VideoFolder(args.videos, resolution=64) if args.videos else DemoWorld(seed=args.data_seed)
     base = load_checkpoint(args.init) if args.init else None
+    # Done now, not hours into training: a run in between that was never shipped stays in the lineage.
+    base_record = _with_own_stage(base.config.record) if base else None
     if args.keep_bias and (args.memory or (base.config.denoiser.memory if base else "malt")) != "malt":
         raise ValueError("--keep-bias opens the keep gates of MALT memory slots, and this model's memory is not "
                          "MALT: leave --keep-bias out, or train with --memory malt")
@@ -229,7 +232,7 @@ def cmd_train(args) -> int:
         from .memory import save_checkpoint
         tuned, vae_config, vae_record = load_trained_vae(out)
         base.vae.load_state_dict(tuned.state_dict())
-        record = dict(_with_own_stage(base.config.record), command=args.command_line, commit=_commit(),
+        record = dict(base_record, command=args.command_line, commit=args.commit,
                       decoder_fine_tuned=dict(vae_record, from_model=str(args.init), command=args.command_line))
         path = out / "model.safetensors"
         save_checkpoint(base, path, config=base.config.replace(vae=vae_config, record=record))
@@ -242,7 +245,7 @@ def cmd_train(args) -> int:
     if base is not None:
         # A VAE fine-tuned in this run folder replaces the checkpoint's own.
         initial, config = base.state_dict(), base.config
-        record = dict(_with_own_stage(base.config.record), fine_tuned_from=str(args.init))
+        record = dict(base_record, fine_tuned_from=str(args.init))
         if args.memory and args.memory != config.denoiser.memory:
             initial, config = switch_memory(initial, config, args.memory, seed=args.data_seed)
             record["memory_switched_from"] = base.config.denoiser.memory
@@ -269,7 +272,7 @@ def cmd_train(args) -> int:
                                  ("return_weight", args.return_weight))
                if v is not None}
     settings = dataclasses.replace(settings, **changes)
-    record["command"], record["commit"] = args.command_line, _commit()
+    record["command"], record["commit"] = args.command_line, args.commit
     path = train_denoiser(config, vae_state, source, out, settings, record, initial=initial)
     return _ship(path) if args.ship else 0
 
@@ -290,21 +293,33 @@ def _ship(path: Path) -> int:
 
 
 def _with_own_stage(record: dict) -> dict:
-    """`record` with the run that wrote it added to its lineage, if it carries a lineage that does not end
-    with that run. Done when a model is shipped, and when a model not shipped is fine-tuned further, so
-    that a stage in between (a denoiser run, then its decoder tuned) is not lost from the shipped file."""
+    """`record` with the run that wrote it as the last stage of its lineage (every run that made the model),
+    added unless it is there already. Done when a model is shipped, and when a model is fine-tuned further,
+    so that a run in between that was never shipped (a denoiser run, then its decoder tuned) is not lost.
+    A model no training run wrote (`longtake init`) has no stage to add."""
     record = dict(record)
-    if record.get("lineage") and record["lineage"][-1]["command"] != record.get("command"):
-        record["lineage"] = [*record["lineage"], _stage(record)]
+    if "command" not in record:
+        return record
+    stage = _stage(record)
+    lineage = record.get("lineage", [])
+    if not lineage or (lineage[-1]["command"], lineage[-1]["seconds"]) != (stage["command"], stage["seconds"]):
+        record["lineage"] = [*lineage, stage]  # the same command run again is another run, with its own time
     return record
 
 
 def _commit() -> str:
-    """The code's git commit, recorded in a trained model ("unknown" for an installed copy outside git)."""
+    """The code's git commit, with "-dirty" where files differ from it, recorded in a trained model when its
+    command starts (a resumed run records the commit of its last start). "unknown" for a copy of the
+    package that is not its own git checkout, such as an install or a folder inside another repository."""
     import subprocess
+    package = Path(__file__).resolve().parent
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parent,
-                              capture_output=True, text=True, check=True).stdout.strip()
+        def git(*arguments: str) -> str:
+            return subprocess.run(["git", *arguments], cwd=package, capture_output=True, text=True,
+                                  check=True).stdout.strip()
+        if Path(git("rev-parse", "--show-toplevel")).resolve() != package:
+            return "unknown"
+        return git("describe", "--always", "--dirty", "--abbrev=7")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -312,7 +327,8 @@ def _commit() -> str:
 def _stage(record: dict) -> dict:
     """The lineage entry of the run that wrote `record`: its command, the code's commit (the one it recorded
     when it trained; models trained before that was recorded take the present one), its time, and what it
-    trained (a decoder fine-tune records its own command; any other run trained the denoiser)."""
+    trained (a decoder fine-tune records its own command; any other run trained the denoiser, and with
+    `train demo` the VAE before it)."""
     commit = record.get("commit") or _commit()
     decoder = record.get("decoder_fine_tuned", {})
     if decoder.get("command") == record["command"]:
@@ -324,6 +340,10 @@ def _stage(record: dict) -> dict:
         what = (f"the denoiser, {denoiser['steps']:,} steps from {record.get('fine_tuned_from', 'scratch')}: "
                 f"final smoothed loss {denoiser['final_loss']}")
         seconds = denoiser["seconds"]
+        vae = record.get("vae", {})
+        if record["command"].split()[2:3] == ["demo"] and "seconds" in vae:
+            what = f"the VAE, {vae['steps']:,} steps (held-out PSNR {vae['heldout_psnr_db']} dB), then {what}"
+            seconds += vae["seconds"]
     return dict(command=record["command"], commit=commit, seconds=seconds, what=what)
 
 
@@ -420,7 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--width", type=int, default=128, help="denoiser width (default 128)")
     train.add_argument("--depth", type=int, default=6, help="denoiser blocks (default 6)")
     train.add_argument("--heads", type=int, default=4, help="attention heads (default 4)")
-    train.add_argument("--vae-steps", type=int)
+    train.add_argument("--vae-steps", type=int, help="VAE training steps (default 3000)")
     train.add_argument("--vae-lr", type=float, help="peak VAE learning rate (default 1e-3; lower it to fine-tune)")
     train.add_argument("--frame-delay", type=int,
                        help="vae: frames the decoder renders late, so each latent's frames lie between it and "
@@ -436,7 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--decoder-only", action="store_true",
                        help="vae with --init: fine-tune the decoder alone; the latents stay the same, so the "
                             "result is the whole model with the new decoder (model.safetensors in --out)")
-    train.add_argument("--denoiser-steps", type=int)
+    train.add_argument("--denoiser-steps", type=int, help="denoiser training steps (default 3000)")
     train.add_argument("--batch", type=int, help="windows per step per process (default 16)")
     train.add_argument("--lr", type=float, help="peak denoiser learning rate (default 4e-4; lower it to fine-tune)")
     train.add_argument("--cache-videos", type=int, help="videos encoded into the latent cache (default 600)")
@@ -483,7 +503,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="denoiser: extra loss weight, in the windows where an object comes back from behind "
                             "the pillar, on what the window's clean front chunk does not show (the returning "
                             "object, whose place and color only memory knows; default 0)")
-    train.add_argument("--data-seed", type=int, default=0)
+    train.add_argument("--data-seed", type=int, default=0,
+                       help="seed of the demo world's videos and of the training's draws (default 0; "
+                            "the demo world's held-out VAE clips use the next seed)")
     train.add_argument("--ship", action="store_true", help="also write the result as the bundled demo model (float16)")
     train.set_defaults(run=cmd_train)
 
@@ -520,6 +542,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     args.command_line = "longtake " + " ".join(argv)  # recorded in the models that training writes
+    args.commit = _commit() if args.command == "train" else None  # the code as the run starts
     try:
         return args.run(args)
     except (ValueError, OSError) as error:  # our own errors say what is wrong and how to fix it

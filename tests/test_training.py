@@ -282,6 +282,29 @@ def test_decoder_only_fine_tune_keeps_the_latents_and_hands_back_the_whole_model
                                                       tuned.config.record["command"]]
     assert lineage[1]["commit"] == "def5678" and "30 steps from a.safetensors" in lineage[1]["what"]
     assert "the VAE decoder alone, 2 steps" in lineage[2]["what"]
+    assert lineage[2]["commit"] == cli_module._commit() != "def5678"  # the code that ran, not the base's
+
+
+def test_denoiser_fine_tune_of_a_model_never_shipped_keeps_its_run(trained_model, tmp_path, monkeypatch):
+    from longtake import cli as cli_module
+    from longtake.memory import save_checkpoint
+    from longtake.training import train_denoiser as stage
+    shipped = dict(command="longtake train denoiser --out runs/a", commit="abc1234", seconds=10, what="the first run")
+    base_record = dict(command="longtake train vae --out runs/b --init a.safetensors --decoder-only", commit="def5678",
+                       lineage=[shipped], decoder_fine_tuned=dict(
+                           command="longtake train vae --out runs/b --init a.safetensors --decoder-only", steps=5,
+                           from_model="a.safetensors", heldout_psnr_db=27.0, seconds=30),
+                       denoiser=dict(steps=30, final_loss=0.1, seconds=20))
+    save_checkpoint(trained_model, tmp_path / "base.safetensors", config=trained_model.config.replace(record=base_record))
+    seen = {}
+    monkeypatch.setattr(stage, "train_denoiser", lambda config, vae_state, source, out, settings, record, initial:
+                        seen.update(record=record) or out / "model.safetensors")
+    assert cli_module.main(["train", "denoiser", "--init", str(tmp_path / "base.safetensors"),
+                            "--out", str(tmp_path / "run")]) == 0
+    record = seen["record"]
+    assert [s["command"] for s in record["lineage"]] == [shipped["command"], base_record["command"]]
+    assert "the VAE decoder alone, 5 steps" in record["lineage"][1]["what"] and record["lineage"][1]["seconds"] == 30
+    assert record["command"].startswith("longtake train denoiser") and record["commit"] == cli_module._commit()
 
 
 def test_heldout_step_ratio_is_one_for_a_faithful_decoder_and_high_for_a_stepped_one(trained_vae):
@@ -536,9 +559,21 @@ def test_shipping_a_fine_tune_adds_its_stage_to_the_lineage_once(tmp_path, monke
     assert lineage[0] == earlier and len(lineage) == 2
     assert lineage[1]["command"] == record["command"] and lineage[1]["seconds"] == 20
     assert "30 steps from a.safetensors" in lineage[1]["what"] and lineage[1]["commit"]
-    # The shipped file shipped again (or a model from scratch, with no lineage) is left as it is.
+    # The shipped file shipped again is left as it is.
     assert cli._ship(cli.DEMO_MODEL) == 0
     assert load_checkpoint(cli.DEMO_MODEL).config.record["lineage"] == lineage
+    # The same command run again is a run of its own: another stage.
+    again = dict(record, lineage=lineage, denoiser=dict(steps=30, final_loss=0.09, seconds=25))
+    save_checkpoint(model, tmp_path / "again.safetensors", config=model.config.replace(record=again))
+    assert cli._ship(tmp_path / "again.safetensors") == 0
+    assert [s["seconds"] for s in load_checkpoint(cli.DEMO_MODEL).config.record["lineage"]] == [10, 20, 25]
+    # A model from scratch starts its lineage with its own run.
+    scratch = dict(command="longtake train demo --out runs/c", denoiser=dict(steps=40, final_loss=0.2, seconds=30),
+                   vae=dict(steps=50, heldout_psnr_db=25.0, seconds=15))
+    save_checkpoint(model, tmp_path / "scratch.safetensors", config=model.config.replace(record=scratch))
+    assert cli._ship(tmp_path / "scratch.safetensors") == 0
+    (stage,) = load_checkpoint(cli.DEMO_MODEL).config.record["lineage"]
+    assert stage["seconds"] == 45 and stage["what"].startswith("the VAE, 50 steps (held-out PSNR 25.0 dB), then the denoiser")
 
 
 def test_return_weight_makes_errors_on_what_the_front_does_not_show_cost_more(monkeypatch):
