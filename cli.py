@@ -232,7 +232,7 @@ def cmd_train(args) -> int:
         from .memory import save_checkpoint
         tuned, vae_config, vae_record = load_trained_vae(out)
         base.vae.load_state_dict(tuned.state_dict())
-        record = dict(base_record, command=args.command_line, commit=args.commit,
+        record = dict(base_record, command=args.command_line, run=args.started, commit=args.commit,
                       decoder_fine_tuned=dict(vae_record, from_model=str(args.init), command=args.command_line))
         path = out / "model.safetensors"
         save_checkpoint(base, path, config=base.config.replace(vae=vae_config, record=record))
@@ -272,7 +272,7 @@ def cmd_train(args) -> int:
                                  ("return_weight", args.return_weight))
                if v is not None}
     settings = dataclasses.replace(settings, **changes)
-    record["command"], record["commit"] = args.command_line, args.commit
+    record.update(command=args.command_line, run=args.started, commit=args.commit)
     path = train_denoiser(config, vae_state, source, out, settings, record, initial=initial)
     return _ship(path) if args.ship else 0
 
@@ -300,11 +300,19 @@ def _with_own_stage(record: dict) -> dict:
     record = dict(record)
     if "command" not in record:
         return record
-    stage = _stage(record)
     lineage = record.get("lineage", [])
-    if not lineage or (lineage[-1]["command"], lineage[-1]["seconds"]) != (stage["command"], stage["seconds"]):
-        record["lineage"] = [*lineage, stage]  # the same command run again is another run, with its own time
+    if not lineage or not _same_run(lineage[-1], record):
+        record["lineage"] = [*lineage, _stage(record)]
     return record
+
+
+def _same_run(stage: dict, record: dict) -> bool:
+    """Whether the lineage entry `stage` is the run that wrote `record`. A run is known by the time it
+    started (the same command run again is another run); runs recorded before that was kept, by their
+    command. (Not by the whole entry: its words and figures are worth mending by hand.)"""
+    if "run" in stage or "run" in record:
+        return stage.get("run") == record.get("run")
+    return stage["command"] == record["command"]
 
 
 def _commit() -> str:
@@ -344,7 +352,8 @@ def _stage(record: dict) -> dict:
         if record["command"].split()[2:3] == ["demo"] and "seconds" in vae:
             what = f"the VAE, {vae['steps']:,} steps (held-out PSNR {vae['heldout_psnr_db']} dB), then {what}"
             seconds += vae["seconds"]
-    return dict(command=record["command"], commit=commit, seconds=seconds, what=what)
+    run = {"run": record["run"]} if "run" in record else {}
+    return dict(command=record["command"], **run, commit=commit, seconds=seconds, what=what)
 
 
 def cmd_bench_sheet(args) -> int:
@@ -542,7 +551,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     args.command_line = "longtake " + " ".join(argv)  # recorded in the models that training writes
-    args.commit = _commit() if args.command == "train" else None  # the code as the run starts
+    if args.command == "train":  # the run as it starts: when, and with which code
+        args.started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        args.commit = _commit()
     try:
         return args.run(args)
     except (ValueError, OSError) as error:  # our own errors say what is wrong and how to fix it

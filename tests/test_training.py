@@ -283,6 +283,7 @@ def test_decoder_only_fine_tune_keeps_the_latents_and_hands_back_the_whole_model
     assert lineage[1]["commit"] == "def5678" and "30 steps from a.safetensors" in lineage[1]["what"]
     assert "the VAE decoder alone, 2 steps" in lineage[2]["what"]
     assert lineage[2]["commit"] == cli_module._commit() != "def5678"  # the code that ran, not the base's
+    assert lineage[2]["run"] == tuned.config.record["run"] and "run" not in lineage[1]
 
 
 def test_denoiser_fine_tune_of_a_model_never_shipped_keeps_its_run(trained_model, tmp_path, monkeypatch):
@@ -563,10 +564,16 @@ def test_shipping_a_fine_tune_adds_its_stage_to_the_lineage_once(tmp_path, monke
     assert cli._ship(cli.DEMO_MODEL) == 0
     assert load_checkpoint(cli.DEMO_MODEL).config.record["lineage"] == lineage
     # The same command run again is a run of its own: another stage.
-    again = dict(record, lineage=lineage, denoiser=dict(steps=30, final_loss=0.09, seconds=25))
+    again = dict(record, lineage=lineage, run="2026-12-07T06:00:00Z", denoiser=dict(steps=30, final_loss=0.09, seconds=25))
     save_checkpoint(model, tmp_path / "again.safetensors", config=model.config.replace(record=again))
     assert cli._ship(tmp_path / "again.safetensors") == 0
     assert [s["seconds"] for s in load_checkpoint(cli.DEMO_MODEL).config.record["lineage"]] == [10, 20, 25]
+    lineage = load_checkpoint(cli.DEMO_MODEL).config.record["lineage"]
+    lineage[-1]["seconds"] = 40  # a stage mended by hand is still its run
+    shipped = load_checkpoint(cli.DEMO_MODEL)
+    save_checkpoint(shipped, cli.DEMO_MODEL, config=shipped.config.replace(record=dict(shipped.config.record, lineage=lineage)))
+    assert cli._ship(cli.DEMO_MODEL) == 0
+    assert load_checkpoint(cli.DEMO_MODEL).config.record["lineage"] == lineage
     # A model from scratch starts its lineage with its own run.
     scratch = dict(command="longtake train demo --out runs/c", denoiser=dict(steps=40, final_loss=0.2, seconds=30),
                    vae=dict(steps=50, heldout_psnr_db=25.0, seconds=15))
