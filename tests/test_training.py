@@ -87,6 +87,30 @@ def test_seam_loss_charges_an_error_that_jumps_where_latents_meet_and_only_there
     assert (losses[2.0] - losses[0.0]).item() == pytest.approx(2.0 * parts["seam"], rel=1e-4)
 
 
+def test_tint_noise_shifts_each_latent_as_a_whole():
+    """Tint noise moves each latent's channels as a whole, the same shift at every place (as a denoiser
+    gets a chunk's overall tint wrong), a different one per clip, channel and latent; without it the decoder
+    sees the latents as encoded."""
+    torch.manual_seed(0)
+    config = small_model_config().vae
+    video, _ = DemoWorld(seed=0).clip(5, 4 * config.time_factor + config.frame_delay)
+    clips = to_pixels(video[None]).expand(8, -1, -1, -1, -1)
+    vae = CausalVideoVAE(config).eval()
+    with torch.no_grad():
+        mean, _ = vae.moments(clips[:, :, config.frame_delay:])
+    vae.moments = lambda pixels: (mean, torch.full_like(mean, -80.0))  # no posterior noise
+    seen = []
+    vae.decode = lambda latents, cache=None: (seen.append(latents) or clips[:, :, config.frame_delay:], None)
+    for tint in (0.0, 0.1):
+        with torch.no_grad():
+            ReconstructionLoss(vae, VAETraining(decoder_noise=0.0, tint_noise=tint))(clips)
+    untinted, tinted = (latents - mean for latents in seen)
+    assert untinted.abs().max() == 0
+    assert torch.allclose(tinted, tinted[..., :1, :1].expand_as(tinted), atol=1e-6)  # whole latents
+    per_latent = tinted[..., 0, 0]
+    assert (per_latent.abs() > 0).all() and per_latent.std(dim=2).min() > 0  # each latent its own
+
+
 def denoise(out, steps, vae_dir):
     vae, vae_config, record = load_trained_vae(vae_dir)
     config = small_model_config().replace(vae=vae_config, text=TextConfig(vocab=VOCAB, width=32, depth=1, heads=2))
