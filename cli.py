@@ -40,29 +40,35 @@ DEMO_MODEL = Path(__file__).resolve().parent / "models" / "demo.safetensors"
 
 
 class ProgressBar:
-    """One line on stderr: steps, frames done, speed and time left."""
+    """Steps, frames done, speed and time left on stderr: one line redrawn in a terminal, and a line at each
+    tenth of the way where stderr goes to a file or a pipe (a log gets ten lines, not hundreds of redraws)."""
 
     def __init__(self, stream=None, width: int = 28):
         # sys.stderr as it is now, not as it was at import (a test harness or a host may have swapped it since)
         self.stream, self.width, self.started = stream or sys.stderr, width, time.monotonic()
-        self.drawn = 0.0
+        self.interactive = getattr(self.stream, "isatty", lambda: False)()
+        self.drawn, self.tenths = 0.0, 0
 
     def __call__(self, p) -> None:
         now = time.monotonic()
-        if now - self.drawn < 0.2 and p.step < p.steps:  # a few redraws a second is plenty
-            return
-        self.drawn = now
-        elapsed = now - self.started
         done = p.step / max(p.steps, 1)
+        if self.interactive:
+            if now - self.drawn < 0.2 and p.step < p.steps:  # a few redraws a second is plenty
+                return
+        elif int(10 * done) <= self.tenths and p.step > 0:
+            return
+        self.drawn, self.tenths = now, int(10 * done)
+        elapsed = now - self.started
         left = elapsed / done - elapsed if done > 0 else 0.0
         bar = "#" * int(self.width * done) + "-" * (self.width - int(self.width * done))
         speed = p.frames / elapsed if elapsed > 0 else 0.0
-        self.stream.write(f"\r[{bar}] {p.frames}/{p.total_frames} frames  {speed:5.1f} frames/s  "
-                          f"{_clock(left)} left ")
+        line = f"[{bar}] {p.frames}/{p.total_frames} frames  {speed:5.1f} frames/s  {_clock(left)} left"
+        self.stream.write(f"\r{line} " if self.interactive else f"{line}\n")
         self.stream.flush()
 
     def finish(self) -> None:
-        self.stream.write("\n")
+        if self.interactive:
+            self.stream.write("\n")
 
 
 def _clock(seconds: float) -> str:

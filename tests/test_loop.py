@@ -440,3 +440,27 @@ def test_cli_compile_flag_compiles_first_and_a_failure_is_a_clean_error(model, t
     assert main(["generate", *common, "--out", str(tmp_path / "b.mp4")]) == 2
     assert "no C++ compiler); leave out --compile" in capsys.readouterr().err
     assert not (tmp_path / "b.mp4").exists()
+
+
+def test_progress_is_ten_lines_in_a_log_and_one_redrawn_line_in_a_terminal():
+    import io
+    from types import SimpleNamespace
+    from longtake.cli import ProgressBar
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    steps = [SimpleNamespace(step=s, steps=200, frames=8 * (s // 10), total_frames=160) for s in range(201)]
+    log, terminal = io.StringIO(), Terminal()
+    for stream in (log, terminal):
+        bar = ProgressBar(stream)
+        for p in steps:
+            bar(p)
+        bar.finish()
+    lines = log.getvalue().splitlines()
+    assert "\r" not in log.getvalue() and 10 <= len(lines) <= 11  # the start, then each tenth
+    assert lines[-1].startswith("[" + "#" * 28 + "]") and "160/160 frames" in lines[-1]
+    drawn = terminal.getvalue()
+    assert drawn.count("\n") == 1 and drawn.endswith("\n") and drawn.count("\r") >= 2  # redrawn in place
+    assert "160/160 frames" in drawn.rsplit("\r", 1)[-1]
