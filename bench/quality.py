@@ -612,6 +612,23 @@ def return_table(report: dict) -> str:
 
 
 # ----- the run -----
+def require_packages(benchmark: str, *names: str) -> None:
+    """Says which of the bench extra's packages are missing before an hour of generation, not after it."""
+    missing = [name for name in names if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ValueError(f"the {benchmark} benchmark needs {' and '.join(missing)}: "
+                         f"pip install \"comfyui-longtake[bench]\"")
+
+
+def prompt_checks(prompts: list[str] | None) -> tuple[list[str], list[Checks]]:
+    """The prompts to measure (the built-in ones for None) and their checks; a prompt the world cannot read
+    fails here, before any work."""
+    prompts = list(PROMPTS if prompts is None else prompts)
+    if not prompts:
+        raise ValueError("give at least one prompt")
+    return prompts, [checks_for(p) for p in prompts]
+
+
 def run_quality(checkpoint: str | Path, out_dir: Path, seconds: float = 60, prompts: list[str] | None = None,
                 samplers=SAMPLERS, steps: int | None = None, seed: int = 0, guidance: float | None = None,
                 memory_strength: float | None = None, occlusion_seeds: int = 0, return_starts: int = 10,
@@ -631,14 +648,8 @@ def run_quality(checkpoint: str | Path, out_dir: Path, seconds: float = 60, prom
     from ..samplers.video import Mp4Writer, to_uint8_frames
     from ..training.data import to_pixels
 
-    missing = [name for name in ("matplotlib", "scenedetect") if importlib.util.find_spec(name) is None]
-    if missing:  # say so before an hour of generation, not after it
-        raise ValueError(f"the quality benchmark needs {' and '.join(missing)}: "
-                         f"pip install \"comfyui-longtake[bench]\"")
-    prompts = list(PROMPTS if prompts is None else prompts)
-    if not prompts:
-        raise ValueError("give at least one prompt")
-    checks = [checks_for(p) for p in prompts]  # a prompt the world cannot read fails before any work
+    require_packages("quality", "matplotlib", "scenedetect")
+    prompts, checks = prompt_checks(prompts)
     if seconds < CLIP_SECONDS:
         raise ValueError(f"seconds must be at least one {CLIP_SECONDS:g} s clip, got {seconds:g}")
     if not samplers:

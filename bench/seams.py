@@ -19,7 +19,6 @@ of videos), which a decoder can also move.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import time
 from dataclasses import replace
@@ -28,7 +27,8 @@ from typing import Iterable
 
 import numpy as np
 
-from .quality import FAST_PROMPTS, MOTION_KEPT, PROMPTS, checks_for, measure_video, mp4_frames, share
+from .quality import (FAST_PROMPTS, MOTION_KEPT, PROMPTS, checks_for, measure_video, mp4_frames, prompt_checks,
+                      require_packages, share)
 
 CUT_SCORE, CUT_RATIO, NEIGHBOURS = 15.0, 3.0, 2  # PySceneDetect's AdaptiveDetector defaults
 NEAR_SCORE, NEAR_RATIO = CUT_SCORE / 2, CUT_RATIO * 2 / 3  # a near cut
@@ -107,13 +107,8 @@ def run_seams(checkpoint: str | Path, decoders: list[str | Path], out_dir: Path,
     from ..samplers import LongVideo, PromptSchedule, SamplerSettings
     from ..samplers.video import Mp4Writer, to_uint8_frames
 
-    if importlib.util.find_spec("scenedetect") is None:  # say so before the sampling, not after it
-        raise ValueError('the seams benchmark needs PySceneDetect: pip install "comfyui-longtake[bench]"')
-    prompts = list(PROMPTS if prompts is None else prompts)
-    if not prompts:
-        raise ValueError("give at least one prompt")
-    for prompt in prompts:  # a prompt the world cannot read fails before any work
-        checks_for(prompt)
+    require_packages("seams", "scenedetect")
+    prompts, _ = prompt_checks(prompts)
     model = load_checkpoint(checkpoint, device=device)
     vaes = {"own": model.vae}
     for path in decoders:
@@ -134,7 +129,7 @@ def run_seams(checkpoint: str | Path, decoders: list[str | Path], out_dir: Path,
                   decoders={name: dict(videos=[]) for name in vaes})
     for i, prompt in enumerate(prompts):
         started = time.monotonic()
-        video = LongVideo(model, PromptSchedule.single(prompt), seconds, fps, replace(SamplerSettings(), seed=seed + i))
+        video = LongVideo(model, PromptSchedule.single(prompt), seconds, fps, SamplerSettings(seed=seed + i))
         with torch.no_grad():
             latents = torch.cat(list(video.latents()), dim=2)
         skip, frames = video.seam_frames, video.total_frames
