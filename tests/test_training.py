@@ -40,17 +40,26 @@ def test_vae_stage_reports_psnr_and_sets_latent_statistics(trained_vae):
     assert [line["step"] for line in lines] == [0, 1, 2]
 
 
-def test_decoder_loss_after_a_decoded_past_is_the_loss_on_that_stretch_of_the_whole_clip():
-    """The decoder trains on what follows a decoded past; the loss must be on the frames those latents show."""
+def fixed_posterior(latents: int, batch: int = 1):
+    """A fresh VAE whose encoder always gives the latent means of a demo clip `latents` latents long, with no
+    posterior noise, and that clip (`batch` copies, with the frames the decoder renders late)."""
     torch.manual_seed(0)
     config = small_model_config().vae
-    objective = ReconstructionLoss(CausalVideoVAE(config).eval(), VAETraining(decoder_noise=0.0))
-    video, _ = DemoWorld(seed=0).clip(5, 6 * config.time_factor + config.frame_delay)
-    clips = to_pixels(video[None])
+    video, _ = DemoWorld(seed=0).clip(5, latents * config.time_factor + config.frame_delay)
+    clips = to_pixels(video[None]).expand(batch, -1, -1, -1, -1)
+    vae = CausalVideoVAE(config).eval()
     with torch.no_grad():
-        mean, _ = objective.vae.moments(clips[:, :, config.frame_delay:])
-        whole, _ = objective.vae.decode(mean)
-        objective.vae.moments = lambda pixels: (mean, torch.full_like(mean, -80.0))  # no posterior noise
+        mean, _ = vae.moments(clips[:, :, config.frame_delay:])
+    vae.moments = lambda pixels: (mean, torch.full_like(mean, -80.0))
+    return vae, clips, mean
+
+
+def test_decoder_loss_after_a_decoded_past_is_the_loss_on_that_stretch_of_the_whole_clip():
+    """The decoder trains on what follows a decoded past; the loss must be on the frames those latents show."""
+    vae, clips, mean = fixed_posterior(6)
+    config, objective = vae.cfg, ReconstructionLoss(vae, VAETraining(decoder_noise=0.0))
+    with torch.no_grad():
+        whole, _ = vae.decode(mean)
         for past in (0, 2, 5):
             _, parts = objective(clips, past)
             wanted = clips[:, :, :clips.shape[2] - config.frame_delay][:, :, past * config.time_factor:]
@@ -71,14 +80,7 @@ def test_seam_loss_charges_an_error_that_jumps_where_latents_meet_and_only_there
     assert seam_jump(at_seam, 4).item() == pytest.approx(0.2 / 2)  # one of the two seams jumps by 0.2
     assert seam_jump(at_seam[:, :, :4], 4).item() == 0.0  # one latent's frames have no seam
 
-    torch.manual_seed(0)
-    config = small_model_config().vae
-    video, _ = DemoWorld(seed=0).clip(5, 4 * config.time_factor + config.frame_delay)
-    clips = to_pixels(video[None])
-    vae, losses = CausalVideoVAE(config).eval(), {}
-    with torch.no_grad():
-        mean, _ = vae.moments(clips[:, :, config.frame_delay:])
-    vae.moments = lambda pixels: (mean, torch.full_like(mean, -80.0))  # no posterior noise
+    (vae, clips, _), losses = fixed_posterior(4), {}
     for weight in (0.0, 2.0):
         objective = ReconstructionLoss(vae, VAETraining(decoder_noise=0.0, seam_weight=weight))
         with torch.no_grad():
@@ -91,16 +93,9 @@ def test_tint_noise_shifts_each_latent_as_a_whole():
     """Tint noise moves each latent's channels as a whole, the same shift at every place (as a denoiser
     gets a chunk's overall tint wrong), a different one per clip, channel and latent; without it the decoder
     sees the latents as encoded."""
-    torch.manual_seed(0)
-    config = small_model_config().vae
-    video, _ = DemoWorld(seed=0).clip(5, 4 * config.time_factor + config.frame_delay)
-    clips = to_pixels(video[None]).expand(8, -1, -1, -1, -1)
-    vae = CausalVideoVAE(config).eval()
-    with torch.no_grad():
-        mean, _ = vae.moments(clips[:, :, config.frame_delay:])
-    vae.moments = lambda pixels: (mean, torch.full_like(mean, -80.0))  # no posterior noise
+    vae, clips, mean = fixed_posterior(4, batch=8)
     seen = []
-    vae.decode = lambda latents, cache=None: (seen.append(latents) or clips[:, :, config.frame_delay:], None)
+    vae.decode = lambda latents, cache=None: (seen.append(latents) or clips[:, :, vae.cfg.frame_delay:], None)
     for tint in (0.0, 0.1):
         with torch.no_grad():
             ReconstructionLoss(vae, VAETraining(decoder_noise=0.0, tint_noise=tint))(clips)
