@@ -153,6 +153,11 @@ def cmd_train(args) -> int:
         path = export(out)
         print(f"wrote {path} from the latest training state in {out}")
         return _ship(path) if args.ship else 0
+    if args.average_weight is not None and args.stage != "average":
+        raise ValueError(f"--average-weight weighs the average of a fine-tune and its start: give it to the "
+                         f"average stage, not {args.stage}")
+    if args.stage == "average":
+        return _average(args, out)
     if args.decoder_only and args.stage != "vae":
         raise ValueError(f"--decoder-only is for the vae stage (longtake train vae --init ... --decoder-only), "
                          f"not {args.stage}")
@@ -283,6 +288,30 @@ def cmd_train(args) -> int:
     return _ship(path) if args.ship else 0
 
 
+def _average(args, out: Path) -> int:
+    """The fine-tune in `out` averaged with the model it started from (`--init`), written beside it as
+    `averaged.safetensors`. Its record is the fine-tune's, with the fine-tune as a stage of the lineage (it
+    is never shipped by itself) and the average as the run that wrote the file."""
+    from .memory import load_checkpoint, save_checkpoint
+    from .training.train_denoiser import average_weights
+    tuned_path = out / "model.safetensors"
+    if not args.init:
+        raise ValueError("give --init, the model the run in --out was fine-tuned from: the average lies between the two")
+    if not tuned_path.exists():
+        raise ValueError(f"{tuned_path} not found: average a finished fine-tune, or write one from a run's latest "
+                         f"state first (longtake train export --out {out})")
+    weight = 0.5 if args.average_weight is None else args.average_weight
+    base, tuned = load_checkpoint(args.init), load_checkpoint(tuned_path)
+    tuned.load_state_dict(average_weights(base, tuned, weight))
+    record = dict(_with_own_stage(tuned.config.record), command=args.command_line, run=args.started,
+                  commit=args.commit, averaged=dict(command=args.command_line, weight=weight, tuned=str(tuned_path),
+                                                    base=str(args.init)))
+    path = out / "averaged.safetensors"
+    save_checkpoint(tuned, path, config=tuned.config.replace(record=record))
+    print(f"wrote {path}: {weight:g} of {tuned_path} and {1 - weight:g} of {args.init}")
+    return _ship(path) if args.ship else 0
+
+
 def _ship(path: Path) -> int:
     """Install a trained model as the bundled demo model, stored in float16 to keep the repository small.
 
@@ -341,11 +370,16 @@ def _commit() -> str:
 def _stage(record: dict) -> dict:
     """The lineage entry of the run that wrote `record`: its command, the code's commit (the one it recorded
     when it trained; models trained before that was recorded take the present one), its time, and what it
-    trained (a decoder fine-tune records its own command; any other run trained the denoiser, and with
-    `train demo` the VAE before it)."""
+    made (an average and a decoder fine-tune record their own command; any other run trained the denoiser,
+    and with `train demo` the VAE before it)."""
     commit = record.get("commit") or _commit()
     decoder = record.get("decoder_fine_tuned", {})
-    if decoder.get("command") == record["command"]:
+    averaged = record.get("averaged", {})
+    if averaged.get("command") == record["command"]:
+        what = (f"weights averaged: {averaged['weight']:g} of {averaged['tuned']} and {1 - averaged['weight']:g} "
+                f"of {averaged['base']}")
+        seconds = 0
+    elif decoder.get("command") == record["command"]:
         what = (f"the VAE decoder alone, {decoder['steps']:,} steps from {decoder['from_model']}: "
                 f"held-out PSNR {decoder['heldout_psnr_db']} dB")
         seconds = decoder["seconds"]
@@ -443,8 +477,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.set_defaults(run=cmd_generate)
 
     train = commands.add_parser("train", help="train the VAE, the denoiser, or both (the demo model recipe)")
-    train.add_argument("stage", choices=("vae", "denoiser", "demo", "export"),
-                       help="demo = vae then denoiser; export = a model from the latest saved state of a denoiser run")
+    train.add_argument("stage", choices=("vae", "denoiser", "demo", "export", "average"),
+                       help="demo = vae then denoiser; export = a model from the latest saved state of a denoiser run; "
+                            "average = the fine-tune in --out averaged with the model it started from (--init)")
     train.add_argument("--out", default="runs/demo", help="run folder: logs, resumable state, previews, model")
     train.add_argument("--videos", help="a folder of your own videos, each with a .txt caption beside it")
     train.add_argument("--init", help="fine-tune this LongTake checkpoint instead of starting fresh "
@@ -521,6 +556,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--data-seed", type=int, default=0,
                        help="seed of the demo world's videos and of the training's draws (default 0; "
                             "the demo world's held-out VAE clips use the next seed)")
+    train.add_argument("--average-weight", type=float,
+                       help="average: the fine-tune's share of the averaged weights, the rest from --init (default "
+                            "0.5)")
     train.add_argument("--ship", action="store_true", help="also write the result as the bundled demo model (float16)")
     train.set_defaults(run=cmd_train)
 

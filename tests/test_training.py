@@ -602,6 +602,46 @@ def test_shipping_a_fine_tune_adds_its_stage_to_the_lineage_once(tmp_path, monke
     assert stage["seconds"] == 45 and stage["what"].startswith("the VAE, 50 steps (held-out PSNR 25.0 dB), then the denoiser")
 
 
+def test_average_of_a_fine_tune_and_its_start_lies_between_them_and_joins_the_lineage(tmp_path, monkeypatch, capsys):
+    from longtake import cli
+    from longtake.memory import LongTakeModel, save_checkpoint
+    earlier = dict(command="longtake train denoiser --out runs/a", commit="abc1234", seconds=10, what="the first run")
+    base = randomise(LongTakeModel(small_model_config()), seed=0)
+    save_checkpoint(base, tmp_path / "base.safetensors", config=base.config.replace(record=dict(earlier, lineage=[earlier])))
+    out = tmp_path / "tuned"
+    assert cli.main(["train", "average", "--out", str(out), "--init", str(tmp_path / "base.safetensors")]) == 2
+    assert "not found" in capsys.readouterr().err  # nothing fine-tuned in --out yet
+    tuned_record = dict(command=f"longtake train denoiser --out {out} --init base.safetensors", commit="def5678",
+                        run="2026-12-07T08:00:00Z", fine_tuned_from="base.safetensors", lineage=[earlier],
+                        denoiser=dict(steps=30, final_loss=0.1, seconds=20))
+    tuned = randomise(LongTakeModel(small_model_config()), seed=1)
+    save_checkpoint(tuned, out / "model.safetensors", config=tuned.config.replace(record=tuned_record))
+    for args, message in ((["--average-weight", "1.5"], "between 0 and 1"), ([], "give --init")):
+        init = [] if message == "give --init" else ["--init", str(tmp_path / "base.safetensors")]
+        assert cli.main(["train", "average", "--out", str(out), *init, *args]) == 2
+        assert message in capsys.readouterr().err
+    assert cli.main(["train", "denoiser", "--out", str(out), "--average-weight", "0.5"]) == 2
+    assert "give it to the average stage" in capsys.readouterr().err
+    other = LongTakeModel(small_model_config().replace(fps=12))  # another model, not this one's start
+    save_checkpoint(other, tmp_path / "other.safetensors")
+    assert cli.main(["train", "average", "--out", str(out), "--init", str(tmp_path / "other.safetensors")]) == 2
+    assert "configs differ" in capsys.readouterr().err
+
+    assert cli.main(["train", "average", "--out", str(out), "--init", str(tmp_path / "base.safetensors"),
+                     "--average-weight", "0.25"]) == 0
+    averaged = load_checkpoint(out / "averaged.safetensors")
+    start, end = base.state_dict(), tuned.state_dict()
+    for name, value in averaged.state_dict().items():
+        torch.testing.assert_close(value, 0.75 * start[name] + 0.25 * end[name], msg=name)
+    # Shipped, the lineage names the fine-tune (never shipped by itself) and then the average.
+    monkeypatch.setattr(cli, "DEMO_MODEL", tmp_path / "models" / "demo.safetensors")
+    assert cli._ship(out / "averaged.safetensors") == 0
+    lineage = load_checkpoint(cli.DEMO_MODEL).config.record["lineage"]
+    assert [stage["command"] for stage in lineage[:2]] == [earlier["command"], tuned_record["command"]]
+    assert lineage[2]["command"].startswith("longtake train average") and lineage[2]["seconds"] == 0
+    assert lineage[2]["what"].startswith(f"weights averaged: 0.25 of {out / 'model.safetensors'} and 0.75 of ")
+
+
 def test_return_weight_makes_errors_on_what_the_front_does_not_show_cost_more(monkeypatch):
     """In an occlusion window the pillar is in the front chunk and the returning object is not: only the
     object's latents carry the return weight, and a model that leaves it hidden pays for it."""

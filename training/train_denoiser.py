@@ -490,6 +490,22 @@ def switch_memory(initial: dict, config: ModelConfig, memory: str, seed: int = 0
     return {name: initial.get(name, value) for name, value in fresh.items()}, config
 
 
+def average_weights(base: LongTakeModel, tuned: LongTakeModel, weight: float) -> dict[str, torch.Tensor]:
+    """The weights `(1 - weight) * base + weight * tuned` of a model and a fine-tune of it: the fine-tune pulled
+    back part of the way to where it started (WiSE-FT, Wortsman et al., *Robust fine-tuning of zero-shot
+    models*), which can keep most of what the fine-tune gained and less of what it lost. Weights that are not
+    floating point (none in LongTake models today) are the fine-tune's."""
+    if not 0 < weight < 1:
+        raise ValueError(f"the fine-tune's weight in the average must lie between 0 and 1 (0 is the model it "
+                         f"started from, 1 the fine-tune itself), got {weight}")
+    if base.config.replace(record={}).to_json() != tuned.config.replace(record={}).to_json():
+        raise ValueError("the two models differ in shape or settings (their configs differ), so their weights "
+                         "cannot be averaged: give the model the run was fine-tuned from as --init")
+    start, end = base.state_dict(), tuned.state_dict()
+    return {name: torch.lerp(start[name].float(), value.float(), weight).to(value.dtype)
+            if value.is_floating_point() else value for name, value in end.items()}
+
+
 def export(out: Path) -> Path:
     """The EMA weights of the latest saved training state as a LongTake checkpoint: a usable model from a
     run that is still going or was stopped early."""
