@@ -502,7 +502,7 @@ def average_weights(base: LongTakeModel, tuned: LongTakeModel, weight: float) ->
         raise ValueError("the two models differ in shape or settings (their configs differ), so their weights "
                          "cannot be averaged: give the model the run was fine-tuned from as --init")
     start, end = base.state_dict(), tuned.state_dict()
-    return {name: torch.lerp(start[name].float(), value.float(), weight).to(value.dtype)
+    return {name: ((1 - weight) * start[name].float() + weight * value.float()).to(value.dtype)
             if value.is_floating_point() else value for name, value in end.items()}
 
 
