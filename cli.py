@@ -301,11 +301,12 @@ def _average(args, out: Path) -> int:
         raise ValueError(f"{tuned_path} not found: average a finished fine-tune, or write one from a run's latest "
                          f"state first (longtake train export --out {out})")
     weight = 0.5 if args.average_weight is None else args.average_weight
+    started = time.monotonic()
     base, tuned = load_checkpoint(args.init), load_checkpoint(tuned_path)
     tuned.load_state_dict(average_weights(base, tuned, weight))
     record = dict(_with_own_stage(tuned.config.record), command=args.command_line, run=args.started,
                   commit=args.commit, averaged=dict(command=args.command_line, weight=weight, tuned=str(tuned_path),
-                                                    base=str(args.init)))
+                                                    base=str(args.init), seconds=round(time.monotonic() - started, 2)))
     path = out / "averaged.safetensors"
     save_checkpoint(tuned, path, config=tuned.config.replace(record=record))
     print(f"wrote {path}: {weight:g} of {tuned_path} and {1 - weight:g} of {args.init}")
@@ -378,7 +379,7 @@ def _stage(record: dict) -> dict:
     if averaged.get("command") == record["command"]:
         what = (f"weights averaged: {averaged['weight']:g} of {averaged['tuned']} and {1 - averaged['weight']:g} "
                 f"of {averaged['base']}")
-        seconds = 0
+        seconds = averaged["seconds"]
     elif decoder.get("command") == record["command"]:
         what = (f"the VAE decoder alone, {decoder['steps']:,} steps from {decoder['from_model']}: "
                 f"held-out PSNR {decoder['heldout_psnr_db']} dB")

@@ -638,7 +638,7 @@ def test_average_of_a_fine_tune_and_its_start_lies_between_them_and_joins_the_li
     assert cli._ship(out / "averaged.safetensors") == 0
     lineage = load_checkpoint(cli.DEMO_MODEL).config.record["lineage"]
     assert [stage["command"] for stage in lineage[:2]] == [earlier["command"], tuned_record["command"]]
-    assert lineage[2]["command"].startswith("longtake train average") and lineage[2]["seconds"] == 0
+    assert lineage[2]["command"].startswith("longtake train average") and lineage[2]["seconds"] > 0
     assert lineage[2]["what"].startswith(f"weights averaged: 0.25 of {out / 'model.safetensors'} and 0.75 of ")
 
 
