@@ -129,7 +129,12 @@ def test_ui_workflows_load_in_the_real_frontend(server):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         pytest.skip("no chromium on PATH")
-    url, _, _ = server
+    url, base, _ = server
+    # resume.json starts from the state that minute_text_to_video saves: as a user would, run that one first
+    # (when this test runs alone), or the frontend rightly marks the state's name as not there.
+    if not any((base / "output").rglob("minute.safetensors")):
+        graph = json.loads((ROOT / "workflows" / "api" / "minute_text_to_video.json").read_text())
+        assert queue(url, graph)["status"]["status_str"] == "success"
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
         page = browser.new_page()
