@@ -148,14 +148,14 @@ def cmd_train(args) -> int:
     from .training.vocab import VOCAB
 
     out = Path(args.out)
+    if args.average_weight is not None and args.stage != "average":
+        raise ValueError(f"--average-weight weighs the average of a fine-tune and its start: give it to the "
+                         f"average stage, not {args.stage}")
     if args.stage == "export":
         from .training.train_denoiser import export
         path = export(out)
         print(f"wrote {path} from the latest training state in {out}")
         return _ship(path) if args.ship else 0
-    if args.average_weight is not None and args.stage != "average":
-        raise ValueError(f"--average-weight weighs the average of a fine-tune and its start: give it to the "
-                         f"average stage, not {args.stage}")
     if args.stage == "average":
         return _average(args, out)
     if args.decoder_only and args.stage != "vae":
