@@ -32,7 +32,7 @@ from safetensors.torch import load_file, save_file
 from ..memory.checkpoint import save_checkpoint
 from ..memory.config import ModelConfig
 from ..memory.model import LongTakeModel
-from ..samplers.loop import guide, stack
+from ..samplers.loop import config_fingerprint, guide, stack
 from ..samplers.schedule import euler_step, warp
 from .common import (EMA, LossLog, cosine_lr, hardware, load_training_state, save_training_state,
                      setup_distributed)
@@ -498,7 +498,7 @@ def average_weights(base: LongTakeModel, tuned: LongTakeModel, weight: float) ->
     if not 0 < weight < 1:
         raise ValueError(f"the fine-tune's weight in the average must lie between 0 and 1 (0 is the model it "
                          f"started from, 1 the fine-tune itself), got {weight}")
-    if base.config.replace(record={}).to_json() != tuned.config.replace(record={}).to_json():
+    if config_fingerprint(base) != config_fingerprint(tuned):
         raise ValueError("the two models differ in shape or settings (their configs differ), so their weights "
                          "cannot be averaged: give the model the run was fine-tuned from as --init")
     start, end = base.state_dict(), tuned.state_dict()
