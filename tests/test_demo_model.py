@@ -1,5 +1,8 @@
 """The bundled demo model, what `longtake generate` and Load Long Video Model use when given no checkpoint:
 small enough for the repository, carrying how it was made, and drawing the scene its prompt names."""
+import re
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -22,6 +25,21 @@ def test_bundled_model_is_small_and_records_how_it_was_made(demo):
         assert stage["command"].startswith("longtake train") and stage["commit"] and stage["seconds"] > 0, stage
     # A model shipped without its own stage added to the lineage would credit its making to the one before.
     assert record["lineage"][-1]["command"] == record["command"]
+
+
+def test_reproduce_script_replays_the_bundled_models_lineage(demo):
+    """training/reproduce_demo.sh reruns the lineage stage by stage at each stage's commit: a model shipped
+    without its stages added to the script would make the documented command reproduce the one before."""
+    script = (Path(__file__).parent.parent / "training" / "reproduce_demo.sh").read_text()
+    table = re.search(r"^STAGES=\((.*?)^\)", script, re.S | re.M).group(1)
+    stages = [re.fullmatch(r'\s*"(\d+)\s+(\w+)\s+(ship|no)\s+(.+)"', line).groups()
+              for line in table.strip().splitlines()]
+    lineage = demo.config.record["lineage"]
+    assert [int(number) for number, *_ in stages] == list(range(1, len(lineage) + 1))
+    for (_, commit, _, command), stage in zip(stages, lineage):
+        recorded = re.sub(r" \(.*\)$", "", stage["command"])  # a note added by hand, such as "(resumed from ...)"
+        assert (commit, f"longtake {command}") == (stage["commit"], recorded)
+    assert stages[-1][2] == "ship", "the last stage makes the bundled model: it must be shipped"
 
 
 @pytest.mark.parametrize("prompt", ["a red ball bouncing on a black background",
