@@ -172,7 +172,7 @@ def cmd_train(args) -> int:
                      "--drifted-share": args.drifted_share, "--drift-easing": args.drift_easing,
                      "--grad-writes": args.grad_writes, "--occlusion-grad-writes": args.occlusion_grad_writes,
                      "--occlusion-share": args.occlusion_share, "--keep-bias": args.keep_bias,
-                     "--return-weight": args.return_weight}
+                     "--return-weight": args.return_weight, "--recolor-returns": args.recolor_returns}
     given = [flag for flag, value in denoiser_only.items() if value is not None]
     if given and args.stage not in ("denoiser", "demo"):
         raise ValueError(f"{given[0]} sets how the denoiser is trained: give it to the denoiser or demo stage, "
@@ -280,7 +280,7 @@ def cmd_train(args) -> int:
                                  ("grad_writes", args.grad_writes),
                                  ("occlusion_grad_writes", args.occlusion_grad_writes),
                                  ("occlusion_share", args.occlusion_share), ("keep_bias", args.keep_bias),
-                                 ("return_weight", args.return_weight))
+                                 ("return_weight", args.return_weight), ("recolor_returns", args.recolor_returns))
                if v is not None}
     settings = dataclasses.replace(settings, **changes)
     record.update(command=args.command_line, run=args.started, commit=args.commit)
@@ -554,6 +554,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="denoiser: extra loss weight, in the windows where an object comes back from behind "
                             "the pillar, on what the window's clean front chunk does not show (the returning "
                             "object, whose place and color only memory knows; default 0)")
+    train.add_argument("--recolor-returns", action="store_true", default=None,
+                       help="denoiser: in the windows where an object comes back from behind the pillar, show it "
+                            "in another object's color in the noisy input (its own stays the target), so that "
+                            "its color has to come from memory")
     train.add_argument("--data-seed", type=int, default=0,
                        help="seed of the demo world's videos and of the training's draws (default 0; "
                             "the demo world's held-out VAE clips use the next seed)")

@@ -664,3 +664,32 @@ def test_return_weight_makes_errors_on_what_the_front_does_not_show_cost_more(mo
     assert weighted == pytest.approx(10 * 4 * error / (10 * 4 + 60))  # the pillar's 8 pixels count once
     with pytest.raises(ValueError, match="front"):
         objective(window[:, :, :0], window, levels, [""] * 2, False, 0, return_weight=9.0)
+
+
+def test_recolored_returns_show_another_rows_object_color_and_keep_their_own_as_the_target(monkeypatch):
+    """With `recolor_returns` the model sees each returning object in the color of another row's, at its own
+    place; the pillar, the front and the target stay the truth, so only memory can tell the color back."""
+    from longtake.memory import LongTakeModel
+    model = LongTakeModel(small_model_config())
+    channels, chunk = model.config.denoiser.latent_channels, model.config.denoiser.chunk_frames
+    window = torch.zeros(2, channels, 3 * chunk, 8, 8)
+    window[:, :, :, :, 3] = 2.5                  # the pillar, the front's too
+    window[0, 0, chunk:, 2:4, 5:7] = 3.0         # row 0's object, back after the front, in one color...
+    window[1, 1, chunk:, 5:7, 0:2] = 3.0         # ...and row 1's elsewhere, in another
+    monkeypatch.setattr(torch, "randn_like", lambda x: torch.zeros_like(x))
+    seen = {}
+
+    def denoiser(noisy, *rest):
+        seen["noisy"] = noisy
+        return -window                           # the truth: no loss, whatever the input showed
+
+    monkeypatch.setattr(model.denoiser, "forward", denoiser)
+    levels = torch.full((2, 3), 0.5)
+    loss, _ = WindowLoss(model)(window[:, :, :0], window, levels, [""] * 2, True, 0, recolor_returns=True)
+    assert loss == 0
+    shown = seen["noisy"] / 0.5
+    assert torch.equal(shown[0, :2, chunk:, 2:4, 5:7].flatten(1).unique(dim=1), torch.tensor([[0.0], [3.0]]))
+    assert torch.equal(shown[1, :2, chunk:, 5:7, 0:2].flatten(1).unique(dim=1), torch.tensor([[3.0], [0.0]]))
+    outside = torch.ones_like(window, dtype=torch.bool)
+    outside[0, :, chunk:, 2:4, 5:7] = outside[1, :, chunk:, 5:7, 0:2] = False
+    assert torch.equal(shown[outside], window[outside])  # the front, the pillar, the background

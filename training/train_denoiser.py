@@ -75,6 +75,8 @@ class DenoiserTraining:
     object_weight: float = 0.0    # extra loss weight where the latents differ from the background (objects)
     return_weight: float = 0.0    # extra loss weight, in occlusion windows, on what the front chunk does not show
                                   # (the object coming back from behind the pillar; see WindowLoss.forward)
+    recolor_returns: bool = False # in occlusion windows, the returning object shown in another object's color in
+                                  # the noisy input, its own in the target: its color is in the memory or nowhere
     preview_every: int = 3000
     preview_prompt: str = "a red ball bouncing on a black background"
     save_every: int = 250
@@ -196,6 +198,23 @@ def not_in_front(distance: torch.Tensor, chunk: int) -> torch.Tensor:
     return (distance > FOREGROUND) & (distance[:, chunk - 1:chunk] <= FOREGROUND)
 
 
+def recolored(window: torch.Tensor, distance: torch.Tensor, chunk: int) -> torch.Tensor:
+    """`window` with the latents that the front chunk does not show as foreground (`not_in_front`) shifted by
+    the difference between another row's mean over such latents and this row's: each returning object in the
+    mean latent of another one, in its own place and shape. Rows that have such latents each take a partner
+    among the others (their list turned by a random step); the front chunk is left as it is."""
+    appeared = not_in_front(distance, chunk)[:, None].clone()
+    appeared[:, :, :chunk] = False
+    counts = appeared.sum(dim=(2, 3, 4))
+    means = (window * appeared).sum(dim=(2, 3, 4)) / counts.clamp_min(1)  # [B, C]
+    rows = (counts[:, 0] > 0).nonzero()[:, 0]
+    partner = torch.arange(window.shape[0], device=window.device)
+    if len(rows) > 1:
+        step = int(torch.randint(1, len(rows), ()))
+        partner[rows] = rows.roll(step)
+    return window + appeared * (means[partner] - means)[:, :, None, None, None]
+
+
 class WindowLoss(torch.nn.Module):
     """Memory writes, one window forward and the flow-matching loss, as one module for DDP."""
 
@@ -205,13 +224,18 @@ class WindowLoss(torch.nn.Module):
 
     def forward(self, prefix, window, levels, prompts, has_front: bool, grad_writes: int, remade=None,
                 object_weight: float = 0.0, remade_steps: int = 1, remade_guidance: float = 1.0,
-                return_weight: float = 0.0):
+                return_weight: float = 0.0, recolor_returns: bool = False):
         """The weighted loss and, for the log, the plain error on foreground latents (objects and pillars).
 
         `return_weight`: extra weight on foreground latents that the front chunk's last frame does not have, in
         windows whose object comes back from behind the pillar. The front shows the pillar alone, so where and
         in which color the object comes out is in the memory or nowhere; the object is 2 or 3 of a frame's 64
         latent pixels, and unweighted, a model that lets it stay hidden loses almost nothing.
+
+        `recolor_returns`: those same latents are shown in the noisy input shifted to another row's returning
+        object's mean latent (another color, at its own place and in its own shape), while the target keeps
+        them as they are. At the noise levels where a returning object's place shows, its color shows too, and
+        a model learns to take both from the input; shown the wrong color, it has to take the color from memory.
 
         `remade [B, links]`: levels from which the model remakes the front chunk itself (0: the truth), in
         `remade_steps` Euler steps at guidance `remade_guidance`; with more than one column, the last
@@ -246,7 +270,8 @@ class WindowLoss(torch.nn.Module):
             window = torch.cat([made, window[:, :, chunk:]], dim=2)
         t = levels.repeat_interleave(chunk, dim=1).to(window.device)
         noise = torch.randn_like(window)
-        noisy = (1 - t[:, None, :, None, None]) * window + t[:, None, :, None, None] * noise
+        shown = recolored(window, distance, chunk) if recolor_returns else window
+        noisy = (1 - t[:, None, :, None, None]) * shown + t[:, None, :, None, None] * noise
         velocity = model.denoiser(noisy, t, tokens, bias, memory)
         error = (velocity - (noise - window)).pow(2).mean(dim=1)  # [B, T, H, W]
         counted = torch.ones_like(error)
@@ -368,7 +393,7 @@ def train_denoiser(config: ModelConfig, vae_state: dict, source, out: Path, sett
             group["lr"] = lr
 
         # One window shape per step, so the batch is one tensor.
-        drop, grad_writes, return_weight = None, settings.grad_writes, 0.0
+        drop, grad_writes, return_weight, recolor_returns = None, settings.grad_writes, 0.0, False
         kind = rng.random()
         opening = kind < settings.opening_share
         if kind < settings.opening_share + settings.fill_share:
@@ -383,6 +408,7 @@ def train_denoiser(config: ModelConfig, vae_state: dict, source, out: Path, sett
             pool = placements[prefix_chunks]
             videos, offsets = zip(*(pool[rng.randrange(len(pool))] for _ in range(settings.batch)))
             drop, return_weight = settings.occlusion_drop, settings.return_weight
+            recolor_returns = settings.recolor_returns
             if settings.occlusion_grad_writes is not None:
                 grad_writes = settings.occlusion_grad_writes
         else:
@@ -422,7 +448,7 @@ def train_denoiser(config: ModelConfig, vae_state: dict, source, out: Path, sett
                                  torch.zeros(settings.batch, links))
         loss, object_error = objective(prefix, window, levels, prompts, has_front, grad_writes, remade,
                                        settings.object_weight, settings.remade_steps, settings.remade_guidance,
-                                       return_weight)
+                                       return_weight, recolor_returns)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trained, 1.0)
