@@ -12,7 +12,7 @@
 # shipped before it is taken from git's history, and OUT/runs must hold the run folders the later stages name.
 #
 # Needs a git clone of LongTake with its history (the stages' commits), and the Python that runs longtake.
-# The table below is the lineage recorded in the shipped model; tests/test_reproduce.py checks that the two agree.
+# The table below is the lineage recorded in the shipped model; tests/test_demo_model.py checks that the two agree.
 # Between stages, by hand at the time and here by the script: the VAE copied into the first denoiser run, that
 # run's folder copied to resume it with the next commit's code, and the models that were shipped (in float16,
 # as `--ship` writes them) after the stages marked "ship".
@@ -46,7 +46,7 @@ git -C "$repo" rev-parse --verify --quiet 7e33236^{commit} >/dev/null || {
 }
 mkdir -p "$out/runs" "$out/code" "$out/done"
 
-# Starting later: the model shipped before FIRST_STAGE is the newest one git holds from before its commit.
+# Starting later: the model shipped before FIRST_STAGE is the one git holds at that stage's commit.
 if [ "$first" -gt 1 ] && [ ! -e "$out/demo.safetensors" ]; then
   commit=$(printf '%s\n' "${STAGES[@]}" | awk -v n="$first" '$1 == n {print $2}')
   git -C "$repo" show "$commit:models/demo.safetensors" > "$out/demo.safetensors"

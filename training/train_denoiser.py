@@ -198,13 +198,12 @@ def not_in_front(distance: torch.Tensor, chunk: int) -> torch.Tensor:
     return (distance > FOREGROUND) & (distance[:, chunk - 1:chunk] <= FOREGROUND)
 
 
-def recolored(window: torch.Tensor, distance: torch.Tensor, chunk: int) -> torch.Tensor:
-    """`window` with the latents that the front chunk does not show as foreground (`not_in_front`) shifted by
-    the difference between another row's mean over such latents and this row's: each returning object in the
-    mean latent of another one, in its own place and shape. Rows that have such latents each take a partner
-    among the others (their list turned by a random step); the front chunk is left as it is."""
-    appeared = not_in_front(distance, chunk)[:, None].clone()
-    appeared[:, :, :chunk] = False
+def recolored(window: torch.Tensor, returning: torch.Tensor) -> torch.Tensor:
+    """`window` with the latents marked in `returning [B, T, H, W]` (the returning object's, after the front)
+    shifted by the difference between another row's mean over its marked latents and this row's: each
+    returning object in the mean latent of another one, in its own place and shape. Rows that have marked
+    latents each take a partner among the others (their list turned by a random step)."""
+    appeared = returning[:, None]
     counts = appeared.sum(dim=(2, 3, 4))
     means = (window * appeared).sum(dim=(2, 3, 4)) / counts.clamp_min(1)  # [B, C]
     rows = (counts[:, 0] > 0).nonzero()[:, 0]
@@ -269,8 +268,15 @@ class WindowLoss(torch.nn.Module):
                                          memories[max(index - 1, 0)], remade_steps, remade_guidance)
             window = torch.cat([made, window[:, :, chunk:]], dim=2)
         t = levels.repeat_interleave(chunk, dim=1).to(window.device)
+        returning = None
+        if return_weight or recolor_returns:
+            if not has_front:
+                raise ValueError("return_weight and recolor_returns act on what the front chunk does not show: "
+                                 "give a window with a front")
+            returning = not_in_front(distance, chunk)
+            returning[:, :chunk] = False  # the front chunk is context, never the returning object
         noise = torch.randn_like(window)
-        shown = recolored(window, distance, chunk) if recolor_returns else window
+        shown = recolored(window, returning) if recolor_returns else window
         noisy = (1 - t[:, None, :, None, None]) * shown + t[:, None, :, None, None] * noise
         velocity = model.denoiser(noisy, t, tokens, bias, memory)
         error = (velocity - (noise - window)).pow(2).mean(dim=1)  # [B, T, H, W]
@@ -280,10 +286,7 @@ class WindowLoss(torch.nn.Module):
         foreground = counted * (distance > FOREGROUND)
         weights = counted * (1 + object_weight * ((distance - 1) / (FOREGROUND - 1)).clamp(0, 1))
         if return_weight:
-            if not has_front:
-                raise ValueError("return_weight weighs what the front chunk does not show: give a window with a front")
-            appeared = counted * not_in_front(distance, chunk)
-            weights = weights + return_weight * appeared
+            weights = weights + return_weight * returning
         object_error = (error * foreground).sum() / foreground.sum()  # NaN when the window shows no object
         return (error * weights).sum() / weights.sum(), object_error.detach()
 
