@@ -2,8 +2,8 @@
 
 Each video length is generated exactly as `longtake generate` makes it (sampling, streaming decode, mp4
 encode) in a fresh process of its own, so the peak resident memory it reports is that length's alone.
-Inside, the denoiser is metered: its passes (window steps, reused fronts, memory writes) are timed and
-counted by input shape, and the FLOPs of each
+Inside, the denoiser is metered: its passes (window steps, reused fronts, memory writes) and the updates of
+its memory slots that follow each write are timed and counted by input shape, and the FLOPs of each
 shape are counted once afterwards with torch's FLOP counter, so metering does not slow the run.
 
 Besides the lengths: the three samplers at equal steps and overlap (model calls, FLOPs and wall time per
@@ -50,7 +50,8 @@ def _sdpa_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:
 
 
 class DenoiserMeter:
-    """Times every denoiser pass (sampling and memory writes) and counts them by input shape."""
+    """Times every denoiser pass (sampling and memory writes) and counts them by input shape, and times the
+    memory slots' update after each write, whose work lies outside the write's pass."""
 
     def __init__(self, model, device):
         self.denoiser, self.device = model.denoiser, device
@@ -59,6 +60,11 @@ class DenoiserMeter:
         self.examples: dict = {}
         self.seconds = 0.0
         model.denoiser._run = self._timed
+        self.updates: Counter = Counter()  # by (layer, slots shape, chunk tokens shape)
+        self.update_examples: dict = {}
+        for layer, block in enumerate(model.denoiser.blocks):
+            if block.malt is not None:
+                block.malt.update = self._timed_update(layer, block.malt.update)
 
     def _timed(self, x, t, text, text_bias, state, prefix=None, memory_strength=1.0):
         _sync(self.device)
@@ -75,8 +81,22 @@ class DenoiserMeter:
         self.calls[key] += 1
         return result
 
+    def _timed_update(self, layer: int, update):
+        def timed(slots, chunk_tokens):
+            _sync(self.device)
+            started = time.perf_counter()
+            result = update(slots, chunk_tokens)
+            _sync(self.device)
+            self.seconds += time.perf_counter() - started
+            key = (layer, tuple(slots.shape), tuple(chunk_tokens.shape))
+            if key not in self.update_examples:
+                self.update_examples[key] = (update, slots.clone(), chunk_tokens.clone())
+            self.updates[key] += 1
+            return result
+        return timed
+
     def pass_flops(self, key) -> int:
-        """Model FLOPs of one pass of the shape `key`."""
+        """Model FLOPs of one pass, or one layer's memory update, of the shape `key`."""
         import torch
         from torch.utils.flop_counter import FlopCounterMode
         # The CPU's fused attention has no formula of its own in torch's counter.
@@ -84,12 +104,16 @@ class DenoiserMeter:
         # Eagerly: compiled kernels would run past the counter, which sees only torch's own operations.
         eager = torch.compiler.set_stance("force_eager") if hasattr(torch.compiler, "set_stance") else nullcontext()
         with torch.no_grad(), eager, FlopCounterMode(display=False, custom_mapping=custom) as counter:
-            self.original(*self.examples[key])
+            if key in self.update_examples:
+                update, *inputs = self.update_examples[key]
+                update(*inputs)
+            else:
+                self.original(*self.examples[key])
         return counter.get_total_flops()
 
     def flops(self) -> int:
-        """Model FLOPs of all the passes counted so far."""
-        return sum(self.pass_flops(key) * calls for key, calls in self.calls.items())
+        """Model FLOPs of all the passes and memory updates counted so far."""
+        return sum(self.pass_flops(key) * calls for key, calls in (self.calls + self.updates).items())
 
     @property
     def passes(self) -> int:
@@ -156,6 +180,7 @@ def generate(checkpoint: str, seconds: float, device: str, settings: dict, full_
         _sync(device)
         wall = time.perf_counter() - started
     result = dict(seconds=seconds, frames=frames, wall_s=wall, denoiser_s=meter.seconds, passes=meter.passes,
+                  memory_updates=sum(meter.updates.values()),
                   flops=meter.flops(), peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   compile_s=compile_s)
     if torch.device(device).type == "cuda":

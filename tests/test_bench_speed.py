@@ -69,7 +69,12 @@ def test_sampler_passes_and_flops_match_the_window_arithmetic(tiny):
     # Seen at the memory write's noise level, the front chunk's pass is its write: no write runs on its own.
     fused = speed.generate(str(tiny), seconds, "cpu", dict(steps=steps, window_chunks=k, context_noise=0.05))
     assert fused["passes"] == shifts * steps // k + (shifts - k)
+    # Every write updates every layer's memory slots, whether or not it ran a pass of its own; that work is the
+    # denoiser's too, timed and counted with its passes.
+    depth = model.config.denoiser.depth
+    assert all(run["memory_updates"] == writes * depth for run in (*runs.values(), fused))
     full = speed.generate(str(tiny), seconds, "cpu", dict(steps=steps, context_noise=0.0), full_history=True)
     # Every past chunk stays in the window: made once, reused, but attended to by every step.
     assert full["passes"] == chunks * steps + (chunks - 1)
+    assert full["memory_updates"] == 0
     assert full["flops"] > runs["rn"]["flops"]
