@@ -268,21 +268,20 @@ class WindowLoss(torch.nn.Module):
                                          memories[max(index - 1, 0)], remade_steps, remade_guidance)
             window = torch.cat([made, window[:, :, chunk:]], dim=2)
         t = levels.repeat_interleave(chunk, dim=1).to(window.device)
+        counted = torch.ones_like(distance)  # [B, T, H, W]
+        if has_front:
+            counted[:, :chunk] = 0  # the front chunk is context: its prediction is never used
         returning = None
         if return_weight or recolor_returns:
             if not has_front:
                 raise ValueError("return_weight and recolor_returns act on what the front chunk does not show: "
                                  "give a window with a front")
-            returning = not_in_front(distance, chunk)
-            returning[:, :chunk] = False  # the front chunk is context, never the returning object
+            returning = counted * not_in_front(distance, chunk)
         noise = torch.randn_like(window)
         shown = recolored(window, returning) if recolor_returns else window
         noisy = (1 - t[:, None, :, None, None]) * shown + t[:, None, :, None, None] * noise
         velocity = model.denoiser(noisy, t, tokens, bias, memory)
         error = (velocity - (noise - window)).pow(2).mean(dim=1)  # [B, T, H, W]
-        counted = torch.ones_like(error)
-        if has_front:
-            counted[:, :chunk] = 0  # the front chunk is context: its prediction is never used
         foreground = counted * (distance > FOREGROUND)
         weights = counted * (1 + object_weight * ((distance - 1) / (FOREGROUND - 1)).clamp(0, 1))
         if return_weight:
