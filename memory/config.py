@@ -65,7 +65,7 @@ class DenoiserConfig:
             raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
         if self.latent_size % self.patch:
             raise ValueError(f"latent_size {self.latent_size} is not divisible by patch {self.patch}")
-        if any(not 0 <= i < self.depth for i in self.lstm_layers):
+        if self.memory == "lstm" and any(not 0 <= i < self.depth for i in self.lstm_layers):
             raise ValueError(f"lstm_layers {self.lstm_layers} must lie in 0..{self.depth - 1}")
 
     @property

@@ -162,3 +162,10 @@ def test_memory_learns_to_carry_what_left_the_view(mode):
     guessing = hidden_color_loss("none")
     assert guessing > 0.8
     assert hidden_color_loss(mode) < 0.6 * guessing
+
+
+def test_a_shallow_model_needs_lstm_layers_only_for_an_lstm_memory():
+    """`longtake train --depth 3` makes a MALT model though the default LSTM layers (1, 3, 5) reach past it."""
+    assert Denoiser(small_denoiser_config(memory="malt", depth=2, lstm_layers=(1, 3, 5))).cfg.depth == 2
+    with pytest.raises(ValueError, match="lstm_layers"):
+        small_denoiser_config(memory="lstm", depth=2, lstm_layers=(1, 3, 5))
