@@ -267,10 +267,8 @@ def cmd_train(args) -> int:
     else:
         vae, vae_config, vae_record = load_trained_vae(out)
         vocab = VOCAB + tuple(sorted(source.words() - set(VOCAB))) if args.videos else VOCAB
-        # An LSTM memory sits in every other block, as in the default six (1, 3, 5), however deep the model.
         denoiser = DenoiserConfig(latent_channels=vae_config.latent_channels, memory=args.memory or "malt",
-                                  width=args.width, depth=args.depth, heads=args.heads,
-                                  lstm_layers=tuple(range(1, args.depth, 2)) or (0,))
+                                  width=args.width, depth=args.depth, heads=args.heads)
         config = ModelConfig(vae=vae_config, text=TextConfig(vocab=vocab), denoiser=denoiser)
         vae_state, record = vae.state_dict(), {"vae": vae_record}
     settings = DenoiserTraining(seed=args.data_seed)

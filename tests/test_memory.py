@@ -169,3 +169,6 @@ def test_a_shallow_model_needs_lstm_layers_only_for_an_lstm_memory():
     assert Denoiser(small_denoiser_config(memory="malt", depth=2, lstm_layers=(1, 3, 5))).cfg.depth == 2
     with pytest.raises(ValueError, match="lstm_layers"):
         small_denoiser_config(memory="lstm", depth=2, lstm_layers=(1, 3, 5))
+    # Left unset, an LSTM goes into every other block however deep the model: (1, 3, 5) in six, (1,) in three.
+    assert small_denoiser_config(memory="lstm", depth=6, lstm_layers=None).lstm_layers == (1, 3, 5)
+    assert small_denoiser_config(memory="lstm", depth=3, lstm_layers=None).lstm_layers == (1,)
