@@ -171,7 +171,8 @@ def cmd_train(args) -> int:
                      "--remade-guidance": args.remade_guidance, "--remade-links": args.remade_links,
                      "--drifted-share": args.drifted_share, "--drift-easing": args.drift_easing,
                      "--grad-writes": args.grad_writes, "--occlusion-grad-writes": args.occlusion_grad_writes,
-                     "--occlusion-share": args.occlusion_share, "--keep-bias": args.keep_bias,
+                     "--occlusion-share": args.occlusion_share, "--pillar-videos": args.pillar_videos,
+                     "--keep-bias": args.keep_bias,
                      "--return-weight": args.return_weight, "--recolor-returns": args.recolor_returns}
     given = [flag for flag, value in denoiser_only.items() if value is not None]
     if given and args.stage not in ("denoiser", "demo"):
@@ -186,6 +187,11 @@ def cmd_train(args) -> int:
     if args.drift_easing is not None and not 0 <= args.drift_easing <= DenoiserTraining.window_chunks:
         raise ValueError(f"--drift-easing counts noisy chunks of the window: give 0 to "
                          f"{DenoiserTraining.window_chunks}, got {args.drift_easing}")
+    if args.pillar_videos is not None and not args.pillar_videos >= 0:
+        raise ValueError(f"--pillar-videos is a number of videos, 0 or more, got {args.pillar_videos}")
+    if args.pillar_videos and args.videos:
+        raise ValueError("--pillar-videos draws more demo-world scenes, and footage has no scene to draw: leave it "
+                         "out when training on --videos")
     if args.drifted_share and args.videos:
         raise ValueError("--drifted-share redraws demo-world scenes, and footage has no scene to redraw: "
                          "leave it out when training on --videos")
@@ -280,7 +286,8 @@ def cmd_train(args) -> int:
                                  ("drifted_share", args.drifted_share), ("drift_easing", args.drift_easing),
                                  ("grad_writes", args.grad_writes),
                                  ("occlusion_grad_writes", args.occlusion_grad_writes),
-                                 ("occlusion_share", args.occlusion_share), ("keep_bias", args.keep_bias),
+                                 ("occlusion_share", args.occlusion_share), ("pillar_videos", args.pillar_videos),
+                                 ("keep_bias", args.keep_bias),
                                  ("return_weight", args.return_weight), ("recolor_returns", args.recolor_returns))
                if v is not None}
     settings = dataclasses.replace(settings, **changes)
@@ -548,6 +555,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--occlusion-share", type=float,
                        help="denoiser: share of windows where an object comes back from behind the pillar, the "
                             "windows that teach the memory (default 0.25)")
+    train.add_argument("--pillar-videos", type=int,
+                       help="denoiser: draw those windows from this many more demo-world videos, each with a "
+                            "pillar, encoded once beside the main cache (default 0: from the main cache's few "
+                            "returns, which a model learns by heart instead of learning to read its memory)")
     train.add_argument("--keep-bias", type=float,
                        help="denoiser, MALT memory: added to every memory keep gate's logit before training, so "
                             "each write keeps more of what the slots held and the memory lasts longer (default 0)")

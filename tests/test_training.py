@@ -12,8 +12,8 @@ from longtake.memory.vae import CausalVideoVAE
 from longtake.training.data import DemoWorld, VideoFolder, to_pixels
 import longtake.training.train_denoiser as train_denoiser_module
 from longtake.training.train_denoiser import (DenoiserTraining, WindowLoss, export, foreground_distance,
-                                              noise_layout, occlusion_windows, open_keep_gates, switch_memory,
-                                              train_denoiser)
+                                              load_latents, noise_layout, occlusion_windows, open_keep_gates,
+                                              switch_memory, train_denoiser)
 from longtake.training.train_vae import ReconstructionLoss, VAETraining, load_trained_vae, seam_jump, train_vae
 from longtake.training.vocab import VOCAB
 
@@ -235,6 +235,30 @@ def test_occlusion_windows_backprop_through_their_own_number_of_writes(trained_v
     fronted = [(prefix, writes) for has_front, prefix, writes in seen if has_front]
     assert fronted and all(prefix == 3 * chunk and writes == 3 for prefix, writes in fronted)
     assert all(writes == 1 for has_front, _, writes in seen if not has_front)
+
+
+def test_pillar_videos_give_occlusion_windows_where_the_main_cache_has_no_return(trained_vae, tmp_path, monkeypatch):
+    """The windows that teach memory come from a cache of pillar scenes, prompts and all, when one is asked
+    for: here the main cache's three videos show no return, and every window with a front still shows one."""
+    seen, forward = [], WindowLoss.forward
+
+    def spy(self, prefix, window, levels, prompts, has_front, *rest, **options):
+        seen.append((has_front, prefix.shape[2], prompts))
+        return forward(self, prefix, window, levels, prompts, has_front, *rest, **options)
+
+    monkeypatch.setattr(WindowLoss, "forward", spy)
+    monkeypatch.setattr(train_denoiser_module, "text_gain", lambda *args: 0.0)
+    vae, vae_config, record = load_trained_vae(trained_vae[0])
+    config = small_model_config().replace(vae=vae_config, text=TextConfig(vocab=VOCAB, width=32, depth=1, heads=2))
+    settings = DenoiserTraining(steps=8, **dict(TINY_DENOISER, occlusion_share=1.0, pillar_videos=2, text_dropout=0.0))
+    assert not any(DemoWorld(seed=0).reappearances(i, 96) for i in range(settings.videos))
+    train_denoiser(config, vae.state_dict(), DemoWorld(seed=0), tmp_path, settings, {"vae": record})
+    pillar_latents, reappear = load_latents(tmp_path / "pillar_latents.safetensors")
+    assert pillar_latents.shape[0] == 2 and all(reappear)
+    fronted = [(prefix, prompts) for has_front, prefix, prompts in seen if has_front]
+    chunk = config.denoiser.chunk_frames
+    assert fronted and all(prefix == 3 * chunk for prefix, _ in fronted)
+    assert all(any(word in prompt.split() for word in ("pillar", "bar")) for _, prompts in fronted for prompt in prompts)
 
 
 def test_occlusion_windows_hold_the_return_after_a_hidden_front_and_never_a_clip_cut_short():
@@ -554,6 +578,9 @@ def test_train_refuses_bad_denoiser_flags_before_any_work(tmp_path, capsys):
                           (["denoiser", "--drifted-share", "1.5"], "give a number from 0 to 1"),
                           (["denoiser", "--drifted-share", "0.3", "--videos", str(tmp_path)], "footage"),
                           (["denoiser", "--drift-easing", "2"], "with --drifted-share"),
+                          (["denoiser", "--pillar-videos", "-1"], "0 or more"),
+                          (["denoiser", "--pillar-videos", "100", "--videos", str(tmp_path)], "footage"),
+                          (["vae", "--pillar-videos", "100"], "give it to the denoiser or demo stage"),
                           (["denoiser", "--drifted-share", "0.5", "--drift-easing", "5"], "0 to 4"),
                           (["vae", "--tint-noise", "-0.1"], "--tint-noise must be 0 or more"),
                           (["vae", "--seam-weight", "-1"], "--seam-weight must be 0 or more"),

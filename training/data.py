@@ -23,10 +23,11 @@ VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".gif"}
 class DemoWorld:
     name = "demo-world"
 
-    def __init__(self, seed: int, resolution: int = 64, drop: float = 0.25):
+    def __init__(self, seed: int, resolution: int = 64, drop: float = 0.25, pillars: bool = False):
+        """`pillars`: every scene has a pillar that its objects pass behind (the windows that teach memory)."""
         if resolution != 64:
             raise ValueError(f"the demo world renders 64x64 frames; this model wants {resolution}x{resolution}")
-        self.seed, self.drop = seed, drop
+        self.seed, self.drop, self.pillars = seed, drop, pillars
 
     def video(self, i: int, frames: int) -> np.ndarray:
         return world.render(self._scene(i), self._start(i), frames)
@@ -54,7 +55,7 @@ class DemoWorld:
         return sorted(found)
 
     def _scene(self, i: int):
-        return world.sample_scene(self.seed * 1_000_003 + i)
+        return world.sample_scene(self.seed * 1_000_003 + i, occlusion=True if self.pillars else None)
 
     def clip(self, seed: int, frames: int) -> tuple[np.ndarray, str]:
         return world.sample_clip(self.seed * 1_000_003 + seed, frames, self.drop)

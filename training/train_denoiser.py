@@ -36,7 +36,7 @@ from ..samplers.loop import config_fingerprint, guide, stack
 from ..samplers.schedule import euler_step, warp
 from .common import (EMA, LossLog, cosine_lr, hardware, load_training_state, save_training_state,
                      setup_distributed)
-from .data import to_pixels
+from .data import DemoWorld, to_pixels
 
 
 @dataclass
@@ -62,6 +62,10 @@ class DenoiserTraining:
     opening_share: float = 0.2    # a video's first chunks at mostly high noise: only the prompt tells the scene
     occlusion_share: float = 0.25 # windows where an object comes back from behind the pillar
     occlusion_drop: float = 0.6   # ...with prompts that often leave its color out, so only memory has it
+    pillar_videos: int = 0        # ...drawn from this many more videos, every one with a pillar (demo world only;
+                                  # 0: from the returns in the cache above). A few hundred returns are learned by
+                                  # heart: the model recalls each training scene's object from its memory and reads
+                                  # nothing from the memory of a scene it has not seen
     shift: float = 1.0
     context_noise: float = 0.15   # the clean front chunk is noised up to this level in half the windows
     remade_share: float = 0.3     # windows whose front chunk the model made itself, not the truth
@@ -329,6 +333,9 @@ def train_denoiser(config: ModelConfig, vae_state: dict, source, out: Path, sett
     if not 0 <= settings.drift_easing <= settings.window_chunks:
         raise ValueError(f"drift_easing eases the drift over the window's noisy chunks: give 0 to "
                          f"{settings.window_chunks}, got {settings.drift_easing}")
+    if settings.pillar_videos and not isinstance(source, DemoWorld):
+        raise ValueError("pillar_videos draws more demo-world scenes, and footage has no scene to draw: leave it at "
+                         "0 when training on a folder of videos")
     if settings.drifted_share and not hasattr(source, "drifted_video"):
         raise ValueError("drifted pasts redraw demo-world scenes, and footage has no scene to redraw: "
                          "leave drifted_share at 0 when training on a folder of videos")
@@ -349,13 +356,25 @@ def train_denoiser(config: ModelConfig, vae_state: dict, source, out: Path, sett
     drift_amounts = [1 - j / (settings.drift_easing + 1) for j in range(settings.drift_easing + 1)] \
         if settings.drifted_share else []
     drifted_paths = [drifted_cache(out, amount) for amount in drift_amounts]
+    pillar_path = out / "pillar_latents.safetensors"
+    pillars = DemoWorld(source.seed, drop=source.drop, pillars=True) if settings.pillar_videos else None
     if rank == 0:
         cache_latents(model, source, settings, cache_path)
         for amount, path in zip(drift_amounts, drifted_paths):
             cache_latents(model, source, settings, path, drift=amount)
+        if pillars:
+            cache_latents(model, pillars, replace(settings, videos=settings.pillar_videos), pillar_path)
     if world > 1:
         torch.distributed.barrier()
     latents, reappear = load_latents(cache_path)
+    occlusion_latents, occlusion_source = latents, source
+    if pillars:
+        occlusion_latents, reappear = load_latents(pillar_path)
+        occlusion_source = pillars
+        if occlusion_latents.shape[1:] != latents.shape[1:]:
+            raise ValueError(f"{pillar_path} holds latents {tuple(occlusion_latents.shape)} where the cache beside it "
+                             f"holds {tuple(latents.shape)}: it was made for other settings; delete it to encode "
+                             f"it again")
     drifted = [load_latents(path)[0] for path in drifted_paths]  # [the past's, then each easing chunk's]
     for path, cached in zip(drifted_paths, drifted):
         if cached.shape != latents.shape:
@@ -404,7 +423,9 @@ def train_denoiser(config: ModelConfig, vae_state: dict, source, out: Path, sett
             has_front, noisy = True, k
             prefix_chunks = 0 if rng.random() < 0.25 else rng.randint(1, settings.max_prefix)
         span = prefix_chunks + int(has_front) + noisy
+        drawn_from, prompt_source = latents, source
         if has_front and placements and kind > 1 - settings.occlusion_share:
+            drawn_from, prompt_source = occlusion_latents, occlusion_source
             prefix_chunks = rng.choice(sorted(placements))
             span = prefix_chunks + 1 + k
             pool = placements[prefix_chunks]
@@ -416,8 +437,8 @@ def train_denoiser(config: ModelConfig, vae_state: dict, source, out: Path, sett
         else:
             videos = [rng.randrange(latents.shape[0]) for _ in range(settings.batch)]
             offsets = [0 if not has_front else rng.randrange(settings.video_chunks - span + 1) for _ in videos]
-        clips = torch.stack([latents[v, :, o * chunk:(o + span) * chunk] for v, o in zip(videos, offsets)])
-        if has_front and drifted:
+        clips = torch.stack([drawn_from[v, :, o * chunk:(o + span) * chunk] for v, o in zip(videos, offsets)])
+        if has_front and drifted and drawn_from is latents:
             # The same chunks of the same video, its objects drawn drifted, up to the front: what is written into
             # memory and what the window starts from drift alike, as in sampling; the target is the truth, after
             # the easing chunks when there are any. (These draws shift every later one: a run with a share
@@ -431,8 +452,8 @@ def train_denoiser(config: ModelConfig, vae_state: dict, source, out: Path, sett
                 clips[:, :, part] = torch.where(shown, drawn, clips[:, :, part])
         clips = clips.float().to(device)
         prefix, window = clips[:, :, :prefix_chunks * chunk], clips[:, :, prefix_chunks * chunk:]
-        prompts = ["" if rng.random() < settings.text_dropout else source.prompts(v, drop)(rng.randrange(1 << 30))
-                   for v in videos]
+        prompts = ["" if rng.random() < settings.text_dropout
+                   else prompt_source.prompts(v, drop)(rng.randrange(1 << 30)) for v in videos]
         if opening:
             # Everywhere else a clean or lightly noised chunk shows the scene, and the model learns to copy
             # it rather than read the prompt. Sampling has no such chunk at the start of a video, so here
