@@ -34,8 +34,8 @@ def cmd_init(args) -> int:
     return 0
 
 
-SAMPLER_FLAGS = ("sampler", "steps", "window_chunks", "overlap", "shift", "guidance", "seed", "context_noise",
-                 "memory_strength")
+SAMPLER_FLAGS = ("sampler", "steps", "window_chunks", "overlap", "shift", "guidance", "guidance_parallel", "seed",
+                 "context_noise", "memory_strength")
 DEMO_MODEL = Path(__file__).resolve().parent / "models" / "demo.safetensors"
 
 
@@ -95,6 +95,7 @@ def cmd_generate(args) -> int:
         window_chunks=args.window_chunks or defaults.window_chunks,
         overlap=defaults.overlap if args.overlap is None else args.overlap,
         shift=args.shift or defaults.shift, guidance=defaults.guidance if args.guidance is None else args.guidance,
+        guidance_parallel=defaults.guidance_parallel if args.guidance_parallel is None else args.guidance_parallel,
         seed=defaults.seed if args.seed is None else args.seed,
         context_noise=defaults.context_noise if args.context_noise is None else args.context_noise,
         memory_strength=defaults.memory_strength if args.memory_strength is None else args.memory_strength)
@@ -469,6 +470,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--overlap", type=int, help="RW/RN: clean condition chunks (default 1)")
     gen.add_argument("--shift", type=float, help="time-grid shift (default 1)")
     gen.add_argument("--guidance", type=float, help="classifier-free guidance scale (default 3)")
+    gen.add_argument("--guidance-parallel", type=float,
+                     help="share of guidance's push kept along the model's own estimate of the frame: 1 is "
+                          "plain classifier-free guidance, 0 adaptive projected guidance (default 1)")
     gen.add_argument("--seed", type=int, help="random seed (default 0)")
     gen.add_argument("--context-noise", type=float, help="level clean context chunks are noised to (default 0.05)")
     gen.add_argument("--memory-strength", type=float,

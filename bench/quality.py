@@ -633,7 +633,7 @@ def run_quality(checkpoint: str | Path, out_dir: Path, seconds: float = 60, prom
                 samplers=SAMPLERS, steps: int | None = None, seed: int = 0, guidance: float | None = None,
                 memory_strength: float | None = None, occlusion_seeds: int = 0, return_starts: int = 10,
                 progress: Callable[[str], None] = print,
-                device: str = "cpu") -> dict:
+                device: str = "cpu", guidance_parallel: float | None = None) -> dict:
     """Generate every prompt with every sampler (and progressive with memory off on occlusion prompts),
     measure, and write the mp4s, quality.json, table.md and one PNG per measure into `out_dir`.
 
@@ -660,7 +660,8 @@ def run_quality(checkpoint: str | Path, out_dir: Path, seconds: float = 60, prom
         raise ValueError(f"return starts must be 0 or more, got {return_starts}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    overrides = {"steps": steps, "guidance": guidance, "memory_strength": memory_strength}
+    overrides = {"steps": steps, "guidance": guidance, "memory_strength": memory_strength,
+                 "guidance_parallel": guidance_parallel}
     base = SamplerSettings(**{k: v for k, v in overrides.items() if v is not None})
     for mode in samplers:  # an unknown mode, or steps the progressive window cannot divide: before any video
         replace(base, mode=mode).check()
@@ -762,6 +763,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, help="sampling steps (default: the sampler's default)")
     parser.add_argument("--seed", type=int, default=0, help="prompt i uses seed + i (default 0)")
     parser.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the sampler's default)")
+    parser.add_argument("--guidance-parallel", type=float,
+                        help="share of guidance's push kept along the model's own estimate, 1 for plain "
+                             "classifier-free guidance (default: the sampler's default)")
     parser.add_argument("--memory-strength", type=float,
                         help="factor on what the model reads from memory (default: the sampler's default)")
     parser.add_argument("--occlusion-seeds", type=int, default=0,
@@ -788,7 +792,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     out = Path(args.out)
     report = run_quality(args.checkpoint, out, seconds, prompts, tuple(args.samplers), args.steps, args.seed,
                          args.guidance, args.memory_strength, args.occlusion_seeds, return_starts,
-                         device=args.device)
+                         device=args.device, guidance_parallel=args.guidance_parallel)
     print(table(report))
     print(f"\nraw numbers in {out / 'quality.json'}; plots and mp4s in {out}")
     return 0

@@ -20,6 +20,7 @@ CATEGORY = "LongTake"
 MAX_SEED = 0xFFFFFFFFFFFFFFFF
 # SamplerSettings' default and samplers.loop.MAX_MEMORY_STRENGTH (a test holds them equal), without importing torch
 MEMORY_STRENGTH, MAX_MEMORY_STRENGTH = 0.5, 2.0
+GUIDANCE_PARALLEL = 1.0  # SamplerSettings' default too (the same test)
 
 
 @dataclass
@@ -194,31 +195,41 @@ class LongTakeProgressiveSampler:
                 "default": MEMORY_STRENGTH, "min": 0.0, "max": MAX_MEMORY_STRENGTH, "step": 0.05,
                 "tooltip": "How much the model reads from its memory of what left the view: 1 as trained, 0 not "
                            "at all. The demo model keeps its objects best at 0.5."}),
+            "guidance_parallel": ("FLOAT", {
+                "default": GUIDANCE_PARALLEL, "min": 0.0, "max": 1.0, "step": 0.05,
+                "tooltip": "How much of guidance's push may make what the model draws anyway stronger: 1 is "
+                           "plain classifier-free guidance; lower keeps objects from swelling in the first "
+                           "seconds of two-object scenes, and over a minute can lose the background elsewhere."}),
         }}
 
     @classmethod
     def VALIDATE_INPUTS(cls, mode, steps, window_chunks, overlap, shift, guidance, seed,
-                        memory_strength=MEMORY_STRENGTH):
+                        memory_strength=MEMORY_STRENGTH, guidance_parallel=GUIDANCE_PARALLEL):
         problem = _out_of_range(cls, steps=steps, window_chunks=window_chunks, overlap=overlap, shift=shift,
-                                guidance=guidance, seed=seed, memory_strength=memory_strength)
+                                guidance=guidance, seed=seed, memory_strength=memory_strength,
+                                guidance_parallel=guidance_parallel)
         if problem:
             return problem
         try:
-            cls._settings(mode, steps, window_chunks, overlap, shift, guidance, seed, memory_strength).check()
+            cls._settings(mode, steps, window_chunks, overlap, shift, guidance, seed, memory_strength,
+                          guidance_parallel).check()
         except ValueError as error:
             return str(error)
         return True
 
-    def settings(self, mode, steps, window_chunks, overlap, shift, guidance, seed, memory_strength=MEMORY_STRENGTH):
-        settings = self._settings(mode, steps, window_chunks, overlap, shift, guidance, seed, memory_strength)
+    def settings(self, mode, steps, window_chunks, overlap, shift, guidance, seed, memory_strength=MEMORY_STRENGTH,
+                 guidance_parallel=GUIDANCE_PARALLEL):
+        settings = self._settings(mode, steps, window_chunks, overlap, shift, guidance, seed, memory_strength,
+                                  guidance_parallel)
         settings.check()
         return (settings,)
 
     @staticmethod
-    def _settings(mode, steps, window_chunks, overlap, shift, guidance, seed, memory_strength):
+    def _settings(mode, steps, window_chunks, overlap, shift, guidance, seed, memory_strength, guidance_parallel):
         from ..samplers.loop import SamplerSettings
         return SamplerSettings(mode=mode, steps=steps, window_chunks=window_chunks, overlap=overlap, shift=shift,
-                               guidance=guidance, seed=seed, memory_strength=memory_strength)
+                               guidance=guidance, seed=seed, memory_strength=memory_strength,
+                               guidance_parallel=guidance_parallel)
 
 
 class LongTakeSegmentLoop:

@@ -46,6 +46,12 @@ class SamplerSettings:
     overlap: int = 1              # RW/RN: clean condition chunks in front of each block
     shift: float = 1.0            # time-grid warp; > 1 spends more steps at high noise
     guidance: float = 3.0         # classifier-free guidance scale on the text; 1 turns it off
+    # The share of guidance's push kept along the model's own clean estimate, frame by frame (1: plain
+    # classifier-free guidance; 0: adaptive projected guidance). That part makes what the model would draw
+    # anyway stronger rather than closer to the prompt. At 0 the demo model's two-object scenes on gray hold
+    # their background for most of the minute instead of swelling over it in their first seconds, but other
+    # videos lose theirs later, and over the benchmark's minute it held less (docs/demo_model.md).
+    guidance_parallel: float = 1.0
     seed: int = 0
     # Clean context chunks are seen noised to this level: it hides their small errors from the model, and at
     # the memory write's own level (0.05 in every LongTake model so far) their pass is also their write.
@@ -68,6 +74,9 @@ class SamplerSettings:
             raise ValueError(f"shift must be positive, got {self.shift}")
         if not self.guidance >= 0:
             raise ValueError(f"guidance must be 0 or more, got {self.guidance}")
+        if not 0 <= self.guidance_parallel <= 1:
+            raise ValueError(f"guidance parallel is a share of guidance's push: give 0 to 1 (1 is plain "
+                             f"classifier-free guidance), got {self.guidance_parallel}")
         if not 0 <= self.context_noise < 1:
             raise ValueError(f"context noise must lie in [0, 1), got {self.context_noise}")
         if not 0 <= self.memory_strength <= MAX_MEMORY_STRENGTH:
@@ -172,7 +181,7 @@ class Conditioner:
             velocity = torch.cat([rest.new_zeros(rest.shape[:2] + (split,) + rest.shape[3:]), rest], dim=2)
         if self.settings.guidance == 1:
             return velocity
-        return guide(velocity, self.settings.guidance)
+        return guide(velocity, self.settings.guidance, self.settings.guidance_parallel, x, t)
 
     # The guided batch's text and memory are made once and kept while they stay the same, so that each step
     # hands the denoiser the very tensors its prefix was made with (it reuses their keys and values then).
@@ -227,11 +236,22 @@ class Conditioner:
                                                 memory_strength=self.settings.memory_strength)
 
 
-def guide(velocity: torch.Tensor, scale: float) -> torch.Tensor:
+def guide(velocity: torch.Tensor, scale: float, parallel: float = 1.0, x: torch.Tensor | None = None,
+          t: torch.Tensor | None = None) -> torch.Tensor:
     """Classifier-free guidance from one batched forward: the conditional rows first, the null-prompt rows
-    after them."""
+    after them. With `parallel` below 1, the push is split, in each frame of each row, into its part along the
+    conditional clean estimate `x - t * velocity` of the noisy input `x` `[2B, C, T, H, W]` at levels `t`
+    `[2B, T]`, and the rest, and the part along is kept at that share (adaptive projected guidance, Sadat et
+    al. 2024; in velocity the push is the clean estimates' difference over -t, so its split is theirs)."""
     conditional, unconditional = velocity.chunk(2)
-    return unconditional + scale * (conditional - unconditional)
+    push = conditional - unconditional
+    if parallel == 1:
+        return unconditional + scale * push
+    frame = (1, 3, 4)  # channels and space
+    estimate = (x.chunk(2)[0] - t.chunk(2)[0][:, None, :, None, None] * conditional).float()
+    direction = estimate / estimate.square().sum(frame, keepdim=True).sqrt().clamp_min(1e-12)
+    along = (push.float() * direction).sum(frame, keepdim=True) * direction
+    return conditional + (scale - 1) * (push - (1 - parallel) * along.to(push.dtype))
 
 
 def stack(conditionings, length: int | None = None):
@@ -524,7 +544,8 @@ def load_state(path, model: LongTakeModel) -> GenerationState:
     decoder = {k[len("decoder."):]: v for k, v in tensors.items() if k.startswith("decoder.")} or None
     boundary = Boundary(window, memory, decoder, tensors.get("pending"), meta["chunks_done"], meta["frames_done"],
                         tensors.get("recent"), meta.get("skip", 0))
-    settings = {"memory_strength": 1.0, **meta["settings"]}  # states saved before the setting read at full strength
+    # States saved before a setting existed ran as it was then: memory read at full strength, plain guidance.
+    settings = {"memory_strength": 1.0, "guidance_parallel": 1.0, **meta["settings"]}
     return GenerationState(SamplerSettings(**settings), boundary, meta["model"])
 
 

@@ -57,21 +57,24 @@ def test_resumed_run_continues_with_exactly_the_same_frames(model, tmp_path, mod
     assert torch.equal(torch.cat([head, rest], dim=1), whole)
 
 
-def test_a_state_saved_before_memory_strength_resumes_at_full_strength(model, tmp_path):
+def test_a_state_saved_before_memory_strength_and_guidance_parallel_resumes_as_it_was_made(model, tmp_path):
     import json
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
     from longtake.samplers.loop import load_state
-    video = LongVideo(model, "a red ball", seconds=1, fps=12, settings=SamplerSettings(**FAST), resumable=True)
+    video = LongVideo(model, "a red ball", seconds=1, fps=12, settings=SamplerSettings(**FAST, guidance_parallel=0.5),
+                      resumable=True)
     all_frames(video)
     video.save_state(tmp_path / "state.safetensors")
     with safe_open(str(tmp_path / "state.safetensors"), "pt") as f:
         metadata = f.metadata()
     generation = json.loads(metadata["generation"])
     assert generation["settings"].pop("memory_strength") == 0.5
+    assert generation["settings"].pop("guidance_parallel") == 0.5
     save_file(load_file(str(tmp_path / "state.safetensors")), str(tmp_path / "older.safetensors"),
               metadata=dict(metadata, generation=json.dumps(generation)))
-    assert load_state(tmp_path / "older.safetensors", model).settings.memory_strength == 1.0  # what made it
+    older = load_state(tmp_path / "older.safetensors", model).settings
+    assert older.memory_strength == 1.0 and older.guidance_parallel == 1.0  # what made them
 
 
 def test_drained_end_matches_the_resumable_end(model):
@@ -199,6 +202,29 @@ def test_guidance_is_one_batched_forward(model):
             assert set(batches) == ({2} if guidance != 1 else {1})
     finally:
         hook.remove()
+
+
+def test_guidance_parallel_takes_out_the_push_along_the_models_own_estimate():
+    """At share 0 the guided clean estimate differs from the conditional one only across it, frame by frame:
+    guidance changes what is drawn, not how strongly; at share 1 it is plain classifier-free guidance."""
+    from longtake.samplers.loop import guide
+    torch.manual_seed(0)
+    velocity, x, t = torch.randn(4, 3, 5, 6, 6), torch.randn(4, 3, 5, 6, 6), torch.rand(4, 5)
+    x[2:], t[2:] = x[:2], t[:2]  # both halves of the guided batch see the same input, as in sampling
+    conditional, unconditional = velocity.chunk(2)
+    plain = unconditional + 3.0 * (conditional - unconditional)
+    assert torch.equal(guide(velocity, 3.0), plain)
+    assert torch.allclose(guide(velocity, 3.0, 1.0, x, t), plain)
+    assert torch.allclose(guide(velocity, 1.0, 0.0, x, t), conditional)
+    level = t[:2, None, :, None, None]
+    estimate = x[:2] - level * conditional
+    change = (x[:2] - level * guide(velocity, 3.0, 0.0, x, t)) - estimate  # of the clean estimate
+    along = (change * estimate).sum(dim=(1, 3, 4))
+    assert along.abs().max() < 1e-4 * change.norm()
+    assert change.norm() > 0.5 * (x[:2] - level * plain - estimate).norm()  # the rest of the push is kept
+    halfway = (x[:2] - level * guide(velocity, 3.0, 0.5, x, t) - estimate) * estimate
+    assert (halfway.sum(dim=(1, 3, 4)) - 0.5 * ((x[:2] - level * plain - estimate) * estimate).sum(dim=(1, 3, 4))
+            ).abs().max() < 1e-3
 
 
 def test_prompt_schedule_changes_the_video(model):
