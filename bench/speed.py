@@ -35,6 +35,7 @@ FAST = dict(lengths=(1.0, 2.0), full_history=(1.0, 2.0), sampler_seconds=1.0)
 PROMPT = "a red ball bouncing on a black background"
 FULL_HISTORY = 10 ** 6  # RN with this many condition chunks keeps every past chunk in the window
 UNCACHED = "progressive, front run every step"
+UNGUIDED = ", no guidance"  # the samplers again at guidance 1: one row a pass, so no unconditional front
 
 
 def _sync(device) -> None:
@@ -266,6 +267,9 @@ def run_speed(checkpoint: str | Path, out_dir: Path, lengths=LENGTHS, full_histo
         progress(f"{mode}: {run['passes'] / run['frames']:.3f} model passes per frame")
     report["samplers"][UNCACHED] = generate(checkpoint, sampler_seconds, device, settings, reuse_front=False,
                                             compile=compile)
+    for mode in SAMPLERS:
+        report["samplers"][mode + UNGUIDED] = generate(checkpoint, sampler_seconds, device,
+                                                       dict(settings, mode=mode, guidance=1.0), compile=compile)
     for seconds in full_history:
         run = in_fresh_process(checkpoint, seconds, device, threads, settings, full_history=True, compile=compile)
         report["full_history"].append(run)

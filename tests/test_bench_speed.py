@@ -32,7 +32,10 @@ def test_fast_run_writes_table_json_and_plot(tiny, tmp_path, capsys):
     report = json.loads((out / "speed.json").read_text())
     assert [run["seconds"] for run in report["lengths"]] == [1.0, 2.0]
     assert [run["frames"] for run in report["lengths"]] == [24, 48]
-    assert set(report["samplers"]) == {"progressive", "rw", "rn", speed.UNCACHED}
+    assert set(report["samplers"]) == {*speed.SAMPLERS, speed.UNCACHED, *(m + speed.UNGUIDED for m in speed.SAMPLERS)}
+    # Without guidance each pass runs one row instead of two: about half the work.
+    for mode in speed.SAMPLERS:
+        assert report["samplers"][mode + speed.UNGUIDED]["flops"] < 0.6 * report["samplers"][mode]["flops"]
     # Reusing the front chunk saves model work and changes nothing else.
     assert report["samplers"][speed.UNCACHED]["flops"] > report["samplers"]["progressive"]["flops"]
     assert report["samplers"][speed.UNCACHED]["frames"] == report["samplers"]["progressive"]["frames"]
