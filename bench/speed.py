@@ -7,9 +7,10 @@ its memory slots that follow each write are timed and counted by input shape, an
 shape are counted once afterwards with torch's FLOP counter, so metering does not slow the run.
 
 Besides the lengths: the three samplers at equal steps and overlap (model calls, FLOPs and wall time per
-output frame), with guidance as `generate` runs them and again without it; a full-history baseline, every past chunk in the window and no memory, whose cost grows
-with the length; and the denoiser's achieved FLOP/s against a matrix multiply measured in the same run, both
-over whole videos and for the pass a long video makes most, timed on its own beside the matrix multiply.
+output frame), with guidance as `generate` runs them and again without it; a full-history baseline, every
+past chunk in the window and no memory, whose cost grows with the length; and the denoiser's achieved
+FLOP/s against a matrix multiply measured in the same run, both over whole videos and for the pass a long
+video makes most, timed on its own beside the matrix multiply.
 `--compile` times everything with the denoiser compiled, as `longtake generate --compile` runs it.
 """
 from __future__ import annotations
