@@ -173,7 +173,8 @@ def cmd_train(args) -> int:
                      "--drifted-share": args.drifted_share, "--drift-easing": args.drift_easing,
                      "--grad-writes": args.grad_writes, "--occlusion-grad-writes": args.occlusion_grad_writes,
                      "--occlusion-share": args.occlusion_share, "--pillar-videos": args.pillar_videos,
-                     "--keep-bias": args.keep_bias,
+                     "--keep-bias": args.keep_bias, "--recall-chunks": args.recall_chunks,
+                     "--fresh-lr": args.fresh_lr,
                      "--return-weight": args.return_weight, "--recolor-returns": args.recolor_returns}
     given = [flag for flag, value in denoiser_only.items() if value is not None]
     if given and args.stage not in ("denoiser", "demo"):
@@ -223,7 +224,14 @@ def cmd_train(args) -> int:
     base = load_checkpoint(args.init) if args.init else None
     # Done now, not hours into training: a run in between that was never shipped stays in the lineage.
     base_record = _with_own_stage(base.config.record) if base else None
-    if args.keep_bias and (args.memory or (base.config.denoiser.memory if base else "malt")) != "malt":
+    memory = args.memory or (base.config.denoiser.memory if base else "malt")
+    if args.recall_chunks is not None and (args.recall_chunks < 0 or (args.recall_chunks and memory != "malt")):
+        raise ValueError(f"--recall-chunks keeps written chunks beside MALT's slots: give 0 or more, with a MALT "
+                         f"memory (got {args.recall_chunks}, memory {memory})")
+    if args.fresh_lr is not None and not (args.fresh_lr > 0 and base):
+        raise ValueError("--fresh-lr is the learning rate of the weights a fine-tune adds to its --init model: "
+                         "give a positive rate, with --init")
+    if args.keep_bias and memory != "malt":
         raise ValueError("--keep-bias opens the keep gates of MALT memory slots, and this model's memory is not "
                          "MALT: leave --keep-bias out, or train with --memory malt")
     if args.stage in ("vae", "demo"):
@@ -259,14 +267,20 @@ def cmd_train(args) -> int:
     if args.stage == "vae":
         return 0
 
-    initial = None
+    initial, added = None, frozenset()
     if base is not None:
         # A VAE fine-tuned in this run folder replaces the checkpoint's own.
         initial, config = base.state_dict(), base.config
         record = dict(base_record, fine_tuned_from=str(args.init))
         if args.memory and args.memory != config.denoiser.memory:
-            initial, config = switch_memory(initial, config, args.memory, seed=args.data_seed)
+            initial, config, new = switch_memory(initial, config, args.data_seed, memory=args.memory)
+            added |= new
             record["memory_switched_from"] = base.config.denoiser.memory
+        if args.recall_chunks is not None and args.recall_chunks != config.denoiser.recall_chunks:
+            initial, config, new = switch_memory(initial, config, args.data_seed,
+                                                 recall_chunks=args.recall_chunks)
+            added |= new
+            record["recall_chunks_from"] = base.config.denoiser.recall_chunks
         vae_state = base.vae.state_dict()
         if (out / "vae.safetensors").exists():
             tuned, _, record["vae"] = load_trained_vae(out)
@@ -275,7 +289,8 @@ def cmd_train(args) -> int:
         vae, vae_config, vae_record = load_trained_vae(out)
         vocab = VOCAB + tuple(sorted(source.words() - set(VOCAB))) if args.videos else VOCAB
         denoiser = DenoiserConfig(latent_channels=vae_config.latent_channels, memory=args.memory or "malt",
-                                  width=args.width, depth=args.depth, heads=args.heads)
+                                  width=args.width, depth=args.depth, heads=args.heads,
+                                  recall_chunks=args.recall_chunks or 0)
         config = ModelConfig(vae=vae_config, text=TextConfig(vocab=vocab), denoiser=denoiser)
         vae_state, record = vae.state_dict(), {"vae": vae_record}
     settings = DenoiserTraining(seed=args.data_seed)
@@ -288,12 +303,12 @@ def cmd_train(args) -> int:
                                  ("grad_writes", args.grad_writes),
                                  ("occlusion_grad_writes", args.occlusion_grad_writes),
                                  ("occlusion_share", args.occlusion_share), ("pillar_videos", args.pillar_videos),
-                                 ("keep_bias", args.keep_bias),
+                                 ("keep_bias", args.keep_bias), ("fresh_lr", args.fresh_lr),
                                  ("return_weight", args.return_weight), ("recolor_returns", args.recolor_returns))
                if v is not None}
     settings = dataclasses.replace(settings, **changes)
     record.update(command=args.command_line, run=args.started, commit=args.commit)
-    path = train_denoiser(config, vae_state, source, out, settings, record, initial=initial)
+    path = train_denoiser(config, vae_state, source, out, settings, record, initial=initial, added=added)
     return _ship(path) if args.ship else 0
 
 
@@ -500,6 +515,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--memory", choices=("none", "malt", "lstm"),
                        help="memory of a new model (default malt); with --init, switch the model to this memory, "
                             "keeping every other weight")
+    train.add_argument("--recall-chunks", type=int,
+                       help="MALT also keeps the last N written chunks as they were, read by their own attention "
+                            "(default 0 for a new model; with --init, adds or resizes them, keeping every other "
+                            "weight)")
     train.add_argument("--width", type=int, default=128, help="denoiser width (default 128)")
     train.add_argument("--depth", type=int, default=6, help="denoiser blocks (default 6)")
     train.add_argument("--heads", type=int, default=4, help="attention heads (default 4)")
@@ -522,6 +541,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--denoiser-steps", type=int, help="denoiser training steps (default 3000)")
     train.add_argument("--batch", type=int, help="windows per step per process (default 16)")
     train.add_argument("--lr", type=float, help="peak denoiser learning rate (default 4e-4; lower it to fine-tune)")
+    train.add_argument("--fresh-lr", type=float,
+                       help="with --init: peak learning rate of the weights the fine-tune adds (a memory switched "
+                            "or --recall-chunks added), which start from nothing (default: --lr)")
     train.add_argument("--cache-videos", type=int, help="videos encoded into the latent cache (default 600)")
     train.add_argument("--object-weight", type=float,
                        help="denoiser: extra loss weight on latent pixels far from the background, i.e. objects "

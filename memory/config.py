@@ -54,6 +54,7 @@ class DenoiserConfig:
     block_causal: bool = True      # a chunk never attends to later chunks
     memory: str = "malt"           # none | malt | lstm
     memory_slots: int = 32         # malt: slots per layer
+    recall_chunks: int = 0         # malt: also keep the last this-many written chunks, read by their own attention
     lstm_layers: tuple[int, ...] | None = None  # lstm: the blocks with an LSTM; None: every other one, from 1
     lstm_width: int = 96
     write_noise: float = 0.05      # noise level of the clean pass that writes a chunk into memory
@@ -65,6 +66,9 @@ class DenoiserConfig:
             raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
         if self.latent_size % self.patch:
             raise ValueError(f"latent_size {self.latent_size} is not divisible by patch {self.patch}")
+        if self.recall_chunks < 0 or (self.recall_chunks and self.memory != "malt"):
+            raise ValueError(f"recall_chunks keeps written chunks beside MALT's slots: give 0, or a positive "
+                             f"number with memory 'malt' (got {self.recall_chunks} with memory {self.memory!r})")
         if self.lstm_layers is None:  # (1, 3, 5) in the default six blocks
             object.__setattr__(self, "lstm_layers", tuple(range(1, self.depth, 2)) or (0,))
         if self.memory == "lstm" and any(not 0 <= i < self.depth for i in self.lstm_layers):

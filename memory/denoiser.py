@@ -14,7 +14,8 @@ Memory (`cfg.memory`), read inside every block and written only by `write`:
 - `malt`: per layer, a fixed set of slot vectors. Read: window tokens attend to the layer's slots
   through a gated cross-attention. Write: a lightly noised clean pass of the chunk leaving the
   window, after which each layer's slots attend to `[slots; chunk tokens]` and are updated through a
-  learned gate.
+  learned gate. With `cfg.recall_chunks`, each layer also keeps its tokens of the last few written
+  chunks (a chunk's frames averaged, oldest dropped first), read through a second gated attention.
 - `lstm`: in `cfg.lstm_layers`, an LSTM per spatial position scans the window's frames starting from
   the committed state and feeds its output back through a gate. A write scans the leaving chunk and
   makes the result the new committed state.
@@ -174,9 +175,10 @@ class SelfAttention(nn.Module):
 
 
 class MaltMemory(nn.Module):
-    """One layer's memory slots: a gated read by the window, a gated update from a leaving chunk."""
+    """One layer's memory: slots with a gated read by the window and a gated update from a leaving chunk and,
+    with `recall_tokens`, the layer's tokens of the last few written chunks, read by a second gated attention."""
 
-    def __init__(self, width: int, heads: int):
+    def __init__(self, width: int, heads: int, recall_tokens: int = 0):
         super().__init__()
         self.read_norm = nn.LayerNorm(width, elementwise_affine=False)
         self.slot_norm = nn.LayerNorm(width)
@@ -185,14 +187,31 @@ class MaltMemory(nn.Module):
         self.write_norm = nn.LayerNorm(width)
         self.write = Attention(width, heads)
         self.update_gate = nn.Linear(2 * width, width)
+        self.recall = None
+        if recall_tokens:
+            # A slot must learn, through every write between, to keep what a chunk showed; a recalled chunk is
+            # kept as it was, so the read alone has to learn to find it (which small models do in a few hundred
+            # steps where the slots' read of the same hidden object never came).
+            self.recall_norm = nn.LayerNorm(width)
+            self.recall_age = nn.Parameter(torch.randn(recall_tokens, width) * 0.02)  # oldest first
+            self.recall = Attention(width, heads)
+            self.recall_gate = nn.Parameter(torch.zeros(width))
 
-    def forward(self, x: torch.Tensor, slots: torch.Tensor, slot_keys_values=None, strength: float = 1.0):
-        """The window tokens `x [B, N, D]` with what they take from `slots [B, S, D]` added through the gate
-        (scaled by `strength`), and the slots' keys and values (pass them back as `slot_keys_values` while
-        the slots stay the same)."""
+    def forward(self, x: torch.Tensor, memory, keys_values=None, strength: float = 1.0):
+        """The window tokens `x [B, N, D]` with what they take from the memory added through the gates (scaled
+        by `strength`); `memory`: the slots `[B, S, D]` and the recalled tokens `[B, R, D]` (None without).
+        Also returns the memory's keys and values (pass them back as `keys_values` while it stays the same)."""
+        slots, recalled = memory
+        slot_keys_values, recall_keys_values = keys_values or (None, None)
+        queries = self.read_norm(x)
         slots = self.slot_norm(slots) if slot_keys_values is None else None
-        read, slot_keys_values = self.read(self.read_norm(x), slots, context_keys_values=slot_keys_values)
-        return torch.addcmul(x, strength * torch.tanh(self.read_gate), read), slot_keys_values
+        read, slot_keys_values = self.read(queries, slots, context_keys_values=slot_keys_values)
+        x = torch.addcmul(x, strength * torch.tanh(self.read_gate), read)
+        if self.recall is not None:
+            recalled = self.recall_norm(recalled) + self.recall_age if recall_keys_values is None else None
+            read, recall_keys_values = self.recall(queries, recalled, context_keys_values=recall_keys_values)
+            x = torch.addcmul(x, strength * torch.tanh(self.recall_gate), read)
+        return x, (slot_keys_values, recall_keys_values)
 
     def update(self, slots: torch.Tensor, chunk_tokens: torch.Tensor) -> torch.Tensor:
         context = self.write_norm(torch.cat([slots, chunk_tokens], dim=1))
@@ -236,7 +255,8 @@ class Block(nn.Module):
         width = cfg.width
         self.norm1 = nn.LayerNorm(width, elementwise_affine=False)
         self.attn = SelfAttention(width, cfg.heads)
-        self.malt = MaltMemory(width, cfg.heads) if cfg.memory == "malt" else None
+        self.malt = MaltMemory(width, cfg.heads, cfg.recall_chunks * cfg.tokens_per_frame) \
+            if cfg.memory == "malt" else None
         self.lstm = LstmMemory(width, cfg.lstm_width) if lstm else None
         self.norm2 = nn.LayerNorm(width)
         self.cross = Attention(width, cfg.heads, context_width=cfg.text_width)
@@ -255,11 +275,12 @@ class Block(nn.Module):
     def forward(self, x, cond, text, text_bias, mask, rotary, memory, past=None, reads=(None, None),
                 memory_strength: float = 1.0):
         """x `[B, T, P, D]`; cond `[B, T, D]`; text `[B, L, Dt]`, or `[B, N, L, Dt]` per chunk; memory:
-        this layer's slots `[B, S, D]`, or `(h, c)` for an LSTM layer, or None; past: keys and values of
-        earlier window tokens; reads: the keys and values of the memory slots and of the text, where they
-        are known already (None where not); memory_strength: the factor on what the memory read adds.
+        this layer's MALT slots and recalled tokens (see `MaltMemory.forward`), or `(h, c)` for an LSTM layer,
+        or None; past: keys and values of earlier window tokens; reads: the keys and values of the MALT memory
+        and of the text, where they are known already (None where not); memory_strength: the factor on what
+        the memory read adds.
         Returns x, the LSTM's end state, this layer's keys and values, and `reads` as used."""
-        slot_keys_values, text_keys_values = reads
+        memory_keys_values, text_keys_values = reads
         batch, frames, positions, width = x.shape
         shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(cond).chunk(6, dim=-1)
 
@@ -269,8 +290,8 @@ class Block(nn.Module):
 
         lstm_end = None
         if self.malt is not None:
-            x, slot_keys_values = self.malt(x.reshape(batch, frames * positions, width), memory, slot_keys_values,
-                                            memory_strength)
+            x, memory_keys_values = self.malt(x.reshape(batch, frames * positions, width), memory,
+                                              memory_keys_values, memory_strength)
             x = x.view(batch, frames, positions, width)
         if self.lstm is not None:
             read, *lstm_end = self.lstm(x, *memory, memory_strength)
@@ -285,7 +306,7 @@ class Block(nn.Module):
         x = x + read.view_as(x)
 
         h = self.mlp(modulate(self.norm3(x), shift2, scale2))
-        return torch.addcmul(x, gate2[:, :, None], h), lstm_end, keys_values, (slot_keys_values, text_keys_values)
+        return torch.addcmul(x, gate2[:, :, None], h), lstm_end, keys_values, (memory_keys_values, text_keys_values)
 
 
 @dataclass(frozen=True)
@@ -296,8 +317,8 @@ class Prefix:
     lstm_ends: list[tuple[torch.Tensor, torch.Tensor]]           # per LSTM layer, its (h, c) after them
     layer_outputs: list[torch.Tensor]                            # per layer, `[B, frames, P, D]`: a write reads them
     # What stays fixed while the window steps, read once here and by every step after: per layer, the keys
-    # and values of the memory slots (MALT) and of the prompt, with the memory and prompt they came from.
-    reads: list[tuple[KeysValues | None, KeysValues | None]]
+    # and values of the MALT memory and of the prompt, with the memory and prompt they came from.
+    reads: list[tuple[tuple[KeysValues | None, KeysValues | None] | None, KeysValues | None]]
     state: State
     text: tuple[torch.Tensor, torch.Tensor]
     memory_strength: float
@@ -335,7 +356,11 @@ class Denoiser(nn.Module):
         """The memory before anything was written: fixed shapes, float32, detached from training."""
         cfg, device = self.cfg, self.patch_in.weight.device
         if cfg.memory == "malt":
-            return {"malt.slots": self.initial_slots.detach().float()[None].repeat(batch, 1, 1, 1)}
+            state = {"malt.slots": self.initial_slots.detach().float()[None].repeat(batch, 1, 1, 1)}
+            if cfg.recall_chunks:  # nothing written yet: zeros, told apart from chunks by their age embedding
+                state["malt.recall"] = torch.zeros(batch, cfg.depth, cfg.recall_chunks * cfg.tokens_per_frame,
+                                                   cfg.width, device=device)
+            return state
         if cfg.memory == "lstm":
             shape = (batch, len(self.lstm_layers), cfg.tokens_per_frame, cfg.lstm_width)
             return {"lstm.h": torch.zeros(shape, device=device), "lstm.c": torch.zeros(shape, device=device)}
@@ -344,7 +369,8 @@ class Denoiser(nn.Module):
     def _layer_memory(self, state: State, layer: int, dtype: torch.dtype):
         """This layer's part of the (float32) memory state, in the dtype the model computes in."""
         if self.cfg.memory == "malt":
-            return state["malt.slots"][:, layer].to(dtype)
+            recalled = state["malt.recall"][:, layer].to(dtype) if self.cfg.recall_chunks else None
+            return state["malt.slots"][:, layer].to(dtype), recalled
         if self.blocks[layer].lstm is not None:
             k = self.lstm_layers.index(layer)
             return state["lstm.h"][:, k].to(dtype), state["lstm.c"][:, k].to(dtype)
@@ -362,7 +388,7 @@ class Denoiser(nn.Module):
     def _run(self, x, t, text, text_bias, state, prefix: "Prefix | None" = None, memory_strength: float = 1.0):
         """Shared body of `forward`, `prefix` and `write`: the velocity, each layer's outputs, the LSTM
         layers' end states, each layer's self-attention keys and values, and each layer's reads (the keys
-        and values of its memory slots and of the text)."""
+        and values of its memory and of the text)."""
         cfg = self.cfg
         batch, _, frames, height, _ = x.shape
         if frames % cfg.chunk_frames:
@@ -425,8 +451,8 @@ class Denoiser(nn.Module):
         if prefix.state.keys() != state.keys() or not all(same(prefix.state[k], state[k]) for k in state):
             raise ValueError("a prefix must be used with the memory state it was made with")
         same_text = text.dim() == 3 and same(prefix.text[0], text) and same(prefix.text[1], text_bias)
-        return [(slot_keys_values, text_keys_values if same_text else None)
-                for slot_keys_values, text_keys_values in prefix.reads]
+        return [(memory_keys_values, text_keys_values if same_text else None)
+                for memory_keys_values, text_keys_values in prefix.reads]
 
     def forward(self, x, t, text, text_bias, state: State, prefix: "Prefix | None" = None,
                 memory_strength: float = 1.0) -> torch.Tensor:
@@ -449,7 +475,7 @@ class Denoiser(nn.Module):
         the chunks after them (each layer's keys and values, and the LSTM's state after them) does not
         depend on those chunks. A sampler that keeps clean chunks in front for several steps runs them
         once instead of at every step, and gets the same velocities. The steps also reuse the keys and
-        values of the memory slots, which a prefix must share with them, and of the prompt, when it is one
+        values of the memory, which a prefix must share with them, and of the prompt, when it is one
         prompt for the whole window and the same as the prefix's.
         """
         if not self.cfg.block_causal:
@@ -457,7 +483,7 @@ class Denoiser(nn.Module):
         _, layer_outputs, lstm_ends, keys_values, reads = self._run(x, t, text, text_bias, state,
                                                                     memory_strength=memory_strength)
         if text.dim() == 4:  # a prompt per chunk is never reused
-            reads = [(slot_keys_values, None) for slot_keys_values, _ in reads]
+            reads = [(memory_keys_values, None) for memory_keys_values, _ in reads]
         return Prefix(x.shape[2], keys_values, lstm_ends, layer_outputs, reads, state, (text, text_bias),
                       memory_strength)
 
@@ -494,6 +520,10 @@ class Denoiser(nn.Module):
             slots = state["malt.slots"]
             updated = [block.malt.update(slots[:, i].to(h.dtype), h.flatten(1, 2)).float()
                        for i, (block, h) in enumerate(zip(self.blocks, layer_outputs))]
-            return {"malt.slots": torch.stack(updated, dim=1)}
+            after = {"malt.slots": torch.stack(updated, dim=1)}
+            if cfg.recall_chunks:  # the oldest chunk out, this one in: each layer's tokens, its frames averaged
+                written = torch.stack([h.mean(dim=1) for h in layer_outputs], dim=1).float()  # [B, depth, P, D]
+                after["malt.recall"] = torch.cat([state["malt.recall"][:, :, written.shape[2]:], written], dim=2)
+            return after
         return {"lstm.h": torch.stack([h for h, _ in lstm_ends], 1).float(),
                 "lstm.c": torch.stack([c for _, c in lstm_ends], 1).float()}

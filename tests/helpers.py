@@ -44,14 +44,21 @@ def text_encoder(width=32) -> TextEncoder:
     return TextEncoder(TextConfig(vocab=VOCAB, width=width, depth=1, heads=2))
 
 
-def denoiser(memory="none", seed=0, **changes) -> Denoiser:
+# Every memory a denoiser can have, as `denoiser(*MEMORIES[i])` makes it: (mode, recall_chunks).
+MEMORIES = [("malt", 0), ("malt", 3), ("lstm", 0)]
+MEMORY_IDS = ["malt", "malt-recall", "lstm"]
+
+
+def denoiser(memory="none", recall_chunks=0, seed=0, **changes) -> Denoiser:
+    changes["recall_chunks"] = recall_chunks
     torch.manual_seed(seed)
     return Denoiser(small_denoiser_config(memory=memory, **changes)).eval()
 
 
 def read_gates(denoiser: Denoiser) -> list[torch.nn.Parameter]:
-    """The gates through which the memory's reads enter the window (MALT's and the LSTM's)."""
-    return [p for name, p in denoiser.named_parameters() if name.endswith(("malt.read_gate", "lstm.gate"))]
+    """The gates through which the memory's reads enter the window (MALT's slots' and recall's, the LSTM's)."""
+    return [p for name, p in denoiser.named_parameters()
+            if name.endswith(("malt.read_gate", "malt.recall_gate", "lstm.gate"))]
 
 
 @torch.no_grad()

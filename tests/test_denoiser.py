@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from helpers import denoiser, denoiser_inputs, randomise
+from helpers import MEMORIES, MEMORY_IDS, denoiser, denoiser_inputs, randomise
 
 
 @pytest.fixture
@@ -108,13 +108,13 @@ def test_bad_window_shapes_are_named(model):
         model(x, t[:, :2], text, bias, {})
 
 
-@pytest.mark.parametrize("memory", ["none", "malt", "lstm"])
+@pytest.mark.parametrize("memory, recall", [("none", 0)] + MEMORIES, ids=["none"] + MEMORY_IDS)
 @torch.no_grad()
-def test_a_prefix_run_once_gives_the_rest_of_the_window_the_same_velocity(memory):
+def test_a_prefix_run_once_gives_the_rest_of_the_window_the_same_velocity(memory, recall):
     """The sampler runs the clean front chunks once and reuses them; in float64 the reuse is exact."""
-    model = randomise(denoiser(memory)).double()
+    model = randomise(denoiser(memory, recall)).double()
     x, t, text, bias = (v.double() for v in denoiser_inputs(model.cfg, chunks=4))
-    state = model.initial_state(2)
+    state = model.write(model.initial_state(2), x[:, :, :model.cfg.chunk_frames], text, bias)
     split = 2 * model.cfg.chunk_frames  # two clean chunks in front
     t[:, :split] = 0
     whole = model(x, t, text, bias, state)

@@ -3,7 +3,8 @@ import functools
 import pytest
 import torch
 
-from helpers import denoiser, denoiser_inputs, randomise, read_gates, shut_reads, small_denoiser_config
+from helpers import (MEMORIES, MEMORY_IDS, denoiser, denoiser_inputs, randomise, read_gates, shut_reads,
+                     small_denoiser_config)
 from longtake.memory.denoiser import Denoiser
 
 
@@ -13,9 +14,9 @@ def chunk_of(cfg, seed):
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("mode", ["malt", "lstm"])
-def test_state_size_is_fixed_however_many_writes(mode):
-    model = randomise(denoiser(mode))
+@pytest.mark.parametrize("mode, recall", MEMORIES, ids=MEMORY_IDS)
+def test_state_size_is_fixed_however_many_writes(mode, recall):
+    model = randomise(denoiser(mode, recall))
     _, _, text, bias = denoiser_inputs(model.cfg, chunks=1)
     state = model.initial_state(2)
     layouts = {}
@@ -28,11 +29,11 @@ def test_state_size_is_fixed_however_many_writes(mode):
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("mode", ["malt", "lstm"])
-def test_untrained_memory_reads_nothing(mode):
+@pytest.mark.parametrize("mode, recall", MEMORIES, ids=MEMORY_IDS)
+def test_untrained_memory_reads_nothing(mode, recall):
     """Zero-initialised read gates and the initial state: exactly the memoryless model."""
     plain = denoiser("none")
-    with_memory = denoiser(mode)
+    with_memory = denoiser(mode, recall)
     shared = {k: v for k, v in plain.state_dict().items()}
     missing, unexpected = with_memory.load_state_dict(shared, strict=False)
     assert not unexpected and missing  # the memory's own weights stay as initialised
@@ -44,10 +45,10 @@ def test_untrained_memory_reads_nothing(mode):
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("mode", ["malt", "lstm"])
-def test_untrained_memory_reads_nothing_with_a_trained_backbone(mode):
+@pytest.mark.parametrize("mode, recall", MEMORIES, ids=MEMORY_IDS)
+def test_untrained_memory_reads_nothing_with_a_trained_backbone(mode, recall):
     plain = randomise(denoiser("none"))
-    with_memory = denoiser(mode)
+    with_memory = denoiser(mode, recall)
     with_memory.load_state_dict(plain.state_dict(), strict=False)
     assert read_gates(with_memory) and all(torch.all(p == 0) for p in read_gates(with_memory))
     state = with_memory.initial_state(2)
@@ -60,9 +61,9 @@ def test_untrained_memory_reads_nothing_with_a_trained_backbone(mode):
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("mode", ["malt", "lstm"])
-def test_output_depends_on_what_was_written(mode):
-    model = randomise(denoiser(mode))
+@pytest.mark.parametrize("mode, recall", MEMORIES, ids=MEMORY_IDS)
+def test_output_depends_on_what_was_written(mode, recall):
+    model = randomise(denoiser(mode, recall))
     x, t, text, bias = denoiser_inputs(model.cfg, chunks=2)
 
     def after_writes(seeds):
@@ -88,10 +89,10 @@ def test_memoryless_write_keeps_the_empty_state():
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("mode", ["malt", "lstm"])
-def test_state_is_plain_tensors_that_safetensors_can_hold(tmp_path, mode):
+@pytest.mark.parametrize("mode, recall", MEMORIES, ids=MEMORY_IDS)
+def test_state_is_plain_tensors_that_safetensors_can_hold(tmp_path, mode, recall):
     from safetensors.torch import load_file, save_file
-    model = randomise(denoiser(mode))
+    model = randomise(denoiser(mode, recall))
     _, _, text, bias = denoiser_inputs(model.cfg, chunks=1)
     state = model.write(model.initial_state(2), chunk_of(model.cfg, 0), text, bias)
     save_file(state, tmp_path / "state.safetensors")
@@ -101,10 +102,10 @@ def test_state_is_plain_tensors_that_safetensors_can_hold(tmp_path, mode):
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("mode", ["malt", "lstm"])
-def test_memory_strength_scales_every_read_and_zero_reads_nothing(mode):
-    model = randomise(denoiser(mode))
-    shut = denoiser(mode)
+@pytest.mark.parametrize("mode, recall", MEMORIES, ids=MEMORY_IDS)
+def test_memory_strength_scales_every_read_and_zero_reads_nothing(mode, recall):
+    model = randomise(denoiser(mode, recall))
+    shut = denoiser(mode, recall)
     shut.load_state_dict(model.state_dict())
     shut_reads(shut)
     x, t, text, bias = denoiser_inputs(model.cfg, chunks=2)
@@ -127,13 +128,13 @@ def test_memory_strength_scales_every_read_and_zero_reads_nothing(mode):
     assert (half - model(x, t, text, bias, state, memory_strength=0.0)).abs().max() > 1e-3
 
 
-@functools.cache  # the memoryless baseline serves both modes
-def hidden_color_loss(mode: str, steps: int = 250, hidden_writes: int = 2) -> float:
+@functools.cache  # the memoryless baseline serves every mode
+def hidden_color_loss(mode: str, recall: int = 0, steps: int = 250, hidden_writes: int = 2) -> float:
     """Train a small denoiser from scratch on one task: a chunk of one random color is written, then chunks of
     a background that no longer show it, and a window of pure noise must come out in that color. Only memory
     can carry it; the mean loss of the last 25 steps."""
     torch.manual_seed(0)
-    cfg = small_denoiser_config(memory=mode, width=48, depth=2, lstm_layers=(0, 1))
+    cfg = small_denoiser_config(memory=mode, width=48, depth=2, lstm_layers=(0, 1), recall_chunks=recall)
     model = Denoiser(cfg)
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
     batch, shape = 8, (cfg.latent_channels, cfg.chunk_frames, cfg.latent_size, cfg.latent_size)
@@ -155,13 +156,53 @@ def hidden_color_loss(mode: str, steps: int = 250, hidden_writes: int = 2) -> fl
     return sum(losses[-25:]) / 25
 
 
-@pytest.mark.parametrize("mode", ["malt", "lstm"])
-def test_memory_learns_to_carry_what_left_the_view(mode):
+@pytest.mark.parametrize("mode, recall", MEMORIES, ids=MEMORY_IDS)
+def test_memory_learns_to_carry_what_left_the_view(mode, recall):
     """The memory's write and read learn, end to end, to bring back what earlier chunks showed and the window
     does not: a model without memory can only guess the color (about the color's variance, 1)."""
     guessing = hidden_color_loss("none")
     assert guessing > 0.8
-    assert hidden_color_loss(mode) < 0.6 * guessing
+    assert hidden_color_loss(mode, recall) < 0.6 * guessing
+
+
+def test_recall_carries_a_color_across_as_many_writes_as_a_hiding_lasts():
+    """Six writes of background between the color and the window, as a demo-world object stays behind its
+    pillar: the recalled chunks hold it as it was, and the read learns to find it."""
+    guessing = hidden_color_loss("none", hidden_writes=6)
+    assert hidden_color_loss("malt", recall=8, hidden_writes=6) < 0.6 * guessing
+
+
+@torch.no_grad()
+def test_recall_holds_the_last_chunks_written_and_nothing_older():
+    """With the slots' read shut, the window reads only the recalled chunks: the last `recall_chunks` writes,
+    in their order, and nothing of a chunk written before them (writing without reading the memory, so that
+    an older chunk does not reach the later ones through their write passes)."""
+    model = randomise(denoiser("malt", recall_chunks=2))
+    for name, gate in model.named_parameters():
+        if name.endswith("malt.read_gate"):
+            gate.zero_()
+    x, t, text, bias = denoiser_inputs(model.cfg, chunks=2)
+
+    def after_writes(seeds):
+        state = model.initial_state(2)
+        for seed in seeds:
+            state = model.write(state, chunk_of(model.cfg, seed), text, bias, noise=chunk_of(model.cfg, 99),
+                                memory_strength=0.0)
+        return state, model(x, t, text, bias, state)
+
+    (state, a), (other_state, older_differs) = after_writes([1, 2, 3]), after_writes([4, 2, 3])
+    assert torch.equal(state["malt.recall"], other_state["malt.recall"])
+    assert not torch.equal(state["malt.slots"], other_state["malt.slots"])  # the slots still hold it
+    assert torch.allclose(a, older_differs, atol=1e-6, rtol=0)
+    assert (after_writes([1, 4, 3])[1] - a).abs().max() > 1e-3
+    assert (after_writes([1, 3, 2])[1] - a).abs().max() > 1e-5  # which came last is known (a small age embedding)
+
+
+def test_recall_is_refused_for_a_memory_without_slots():
+    with pytest.raises(ValueError, match="recall_chunks"):
+        small_denoiser_config(memory="lstm", recall_chunks=2)
+    with pytest.raises(ValueError, match="recall_chunks"):
+        small_denoiser_config(memory="malt", recall_chunks=-1)
 
 
 def test_a_shallow_model_needs_lstm_layers_only_for_an_lstm_memory():

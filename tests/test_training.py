@@ -207,8 +207,32 @@ def test_fine_tuning_with_a_keep_bias_starts_from_a_memory_that_keeps_more(train
     assert change_of_a_write(randomised) < 0.2 * before
 
 
+def test_recall_added_to_a_trained_model_starts_as_that_model_and_trains_at_its_own_rate(trained_model, tmp_path):
+    """`--recall-chunks` on a fine-tune: the recall's weights are new and their read gates shut, so the model
+    starts out giving the trained model's velocities; with the run's rate at 0 and `fresh_lr` above it, only
+    the new weights move."""
+    base = trained_model
+    initial, config, added = switch_memory(base.state_dict(), base.config, recall_chunks=3)
+    assert added and all(".malt.recall" in name for name in added)
+    assert {name for name in initial if name not in added} == set(base.state_dict())
+    tuned_start = type(base)(config)
+    tuned_start.load_state_dict(initial)
+    x, t, text, bias = denoiser_inputs(config.denoiser, chunks=2)
+    with torch.no_grad():
+        before = base.denoiser(x, t, text, bias, base.denoiser.initial_state(2))
+        after = tuned_start.denoiser(x, t, text, bias, tuned_start.denoiser.initial_state(2))
+    assert torch.allclose(before, after, atol=1e-6, rtol=0)
+
+    tuned = load_checkpoint(train_denoiser(config, base.vae.state_dict(), DemoWorld(seed=0), tmp_path / "recall",
+                                           DenoiserTraining(steps=2, **TINY_DENOISER, lr=0.0, fresh_lr=1e-2), {},
+                                           initial=initial, added=added))
+    assert tuned.config.denoiser.recall_chunks == 3
+    moved = {name for name, value in tuned.state_dict().items() if not torch.equal(value, initial[name])}
+    assert moved and moved <= added
+
+
 def test_keep_bias_is_refused_for_a_memory_without_keep_gates(trained_model, tmp_path):
-    initial, config = switch_memory(trained_model.state_dict(), trained_model.config, "lstm")
+    initial, config, _ = switch_memory(trained_model.state_dict(), trained_model.config, memory="lstm")
     with pytest.raises(ValueError, match="keep_bias"):
         train_denoiser(config, trained_model.vae.state_dict(), DemoWorld(seed=0), tmp_path / "lstm",
                        DenoiserTraining(steps=1, **TINY_DENOISER, keep_bias=2.0), {}, initial=initial)
@@ -278,7 +302,7 @@ def test_occlusion_windows_hold_the_return_after_a_hidden_front_and_never_a_clip
 def test_a_trained_model_switches_to_another_memory_keeping_its_other_weights(trained_model, tmp_path):
     base = trained_model
     assert base.config.denoiser.memory == "malt"
-    initial, config = switch_memory(base.state_dict(), base.config, "lstm")
+    initial, config, _ = switch_memory(base.state_dict(), base.config, memory="lstm")
     tuned = load_checkpoint(train_denoiser(config, base.vae.state_dict(), DemoWorld(seed=0), tmp_path / "lstm",
                                            DenoiserTraining(steps=1, **TINY_DENOISER, lr=0.0), {}, initial=initial))
     assert tuned.config.denoiser.memory == "lstm" and tuned.denoiser.lstm_layers
@@ -341,7 +365,7 @@ def test_denoiser_fine_tune_of_a_model_never_shipped_keeps_its_run(trained_model
                        denoiser=dict(steps=30, final_loss=0.1, seconds=20))
     save_checkpoint(trained_model, tmp_path / "base.safetensors", config=trained_model.config.replace(record=base_record))
     seen = {}
-    monkeypatch.setattr(stage, "train_denoiser", lambda config, vae_state, source, out, settings, record, initial:
+    monkeypatch.setattr(stage, "train_denoiser", lambda config, vae_state, source, out, settings, record, **given:
                         seen.update(record=record) or out / "model.safetensors")
     assert cli_module.main(["train", "denoiser", "--init", str(tmp_path / "base.safetensors"),
                             "--out", str(tmp_path / "run")]) == 0

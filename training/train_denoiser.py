@@ -55,6 +55,8 @@ class DenoiserTraining:
     occlusion_grad_writes: int | None = None  # ...in occlusion windows (None: grad_writes); the write that saw
                                   # the object lies 8 or more writes back, out of reach of the default 2
     keep_bias: float = 0.0        # added to every MALT keep gate's bias before training (see open_keep_gates)
+    fresh_lr: float | None = None # peak learning rate of the weights a fine-tune adds to its initial model
+                                  # (a new memory starts from nothing where the rest is trained); None: lr
     text_dropout: float = 0.1     # null prompt, for classifier-free guidance
     progressive_share: float = 0.6
     independent_share: float = 0.25
@@ -328,8 +330,9 @@ class WindowLoss(torch.nn.Module):
 
 
 def train_denoiser(config: ModelConfig, vae_state: dict, source, out: Path, settings: DenoiserTraining,
-                   record: dict, initial: dict | None = None) -> Path:
-    """`initial`: a trained model's weights to fine-tune from (its VAE is replaced by `vae_state`)."""
+                   record: dict, initial: dict | None = None, added: frozenset[str] = frozenset()) -> Path:
+    """`initial`: a trained model's weights to fine-tune from (its VAE is replaced by `vae_state`); `added`:
+    the names of those that start fresh (from `switch_memory`), trained at `settings.fresh_lr`."""
     if not 0 <= settings.drift_easing <= settings.window_chunks:
         raise ValueError(f"drift_easing eases the drift over the window's noisy chunks: give 0 to "
                          f"{settings.window_chunks}, got {settings.drift_easing}")
@@ -388,8 +391,13 @@ def train_denoiser(config: ModelConfig, vae_state: dict, source, out: Path, sett
                       f"{1 + settings.window_chunks}; training goes on without them (a longer video_chunks or a "
                       f"shorter max_prefix makes room for them)")
 
-    trained = [p for name, p in model.named_parameters() if not name.startswith("vae.")]
-    optimizer = torch.optim.AdamW(trained, lr=settings.lr, betas=(0.9, 0.99), weight_decay=settings.weight_decay)
+    named = [(name, p) for name, p in model.named_parameters() if not name.startswith("vae.")]
+    trained = [p for _, p in named]
+    fresh = added if settings.fresh_lr is not None else frozenset()
+    groups = [{"params": [p for name, p in named if name not in fresh], "peak_lr": settings.lr},
+              {"params": [p for name, p in named if name in fresh], "peak_lr": settings.fresh_lr}]
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], betas=(0.9, 0.99),
+                                  weight_decay=settings.weight_decay)
     ema = EMA(model, settings.ema_decay)
     objective = WindowLoss(model)
     if world > 1:
@@ -411,7 +419,7 @@ def train_denoiser(config: ModelConfig, vae_state: dict, source, out: Path, sett
         torch.manual_seed(settings.seed * 1_000_003 + step * world + rank)
         lr = cosine_lr(step, settings.steps, settings.lr, settings.warmup)
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = cosine_lr(step, settings.steps, group["peak_lr"], settings.warmup)
 
         # One window shape per step, so the batch is one tensor.
         drop, grad_writes, return_weight, recolor_returns = None, settings.grad_writes, 0.0, False
@@ -528,15 +536,19 @@ def open_keep_gates(denoiser, bias: float) -> None:
             block.malt.update_gate.bias += bias
 
 
-def switch_memory(initial: dict, config: ModelConfig, memory: str, seed: int = 0) -> tuple[dict, ModelConfig]:
-    """A trained model's weights and config for the same model with another memory: every weight the two
-    share is kept, the new memory starts fresh from `seed`. Its read gates start at zero, so the result
-    begins as the trained model without its memory, and fine-tuning teaches it the new one."""
-    config = config.replace(denoiser=replace(config.denoiser, memory=memory))
+def switch_memory(initial: dict, config: ModelConfig, seed: int = 0,
+                  **changes) -> tuple[dict, ModelConfig, frozenset[str]]:
+    """A trained model's weights and config for the same model with its memory changed (`memory`, or
+    `recall_chunks` added to MALT), and the names of the weights that start fresh: every weight the two share
+    is kept, the new memory starts fresh from `seed`. Its read gates start at zero, so the result begins as the
+    trained model without what was added, and fine-tuning teaches it the new memory."""
+    config = config.replace(denoiser=replace(config.denoiser, **changes))
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         fresh = LongTakeModel(config).state_dict()
-    return {name: initial.get(name, value) for name, value in fresh.items()}, config
+    added = frozenset(name for name, value in fresh.items()
+                      if name not in initial or initial[name].shape != value.shape)
+    return {name: value if name in added else initial[name] for name, value in fresh.items()}, config, added
 
 
 def average_weights(base: LongTakeModel, tuned: LongTakeModel, weight: float) -> dict[str, torch.Tensor]:
