@@ -225,9 +225,8 @@ def cmd_train(args) -> int:
     # Done now, not hours into training: a run in between that was never shipped stays in the lineage.
     base_record = _with_own_stage(base.config.record) if base else None
     memory = args.memory or (base.config.denoiser.memory if base else "malt")
-    if args.recall_chunks is not None and (args.recall_chunks < 0 or (args.recall_chunks and memory != "malt")):
-        raise ValueError(f"--recall-chunks keeps written chunks beside MALT's slots: give 0 or more, with a MALT "
-                         f"memory (got {args.recall_chunks}, memory {memory})")
+    if args.recall_chunks is not None:
+        DenoiserConfig(memory=memory, recall_chunks=args.recall_chunks)  # its own check, before the VAE stage
     if args.fresh_lr is not None and not (args.fresh_lr > 0 and base):
         raise ValueError("--fresh-lr is the learning rate of the weights a fine-tune adds to its --init model: "
                          "give a positive rate, with --init")
@@ -272,14 +271,13 @@ def cmd_train(args) -> int:
         # A VAE fine-tuned in this run folder replaces the checkpoint's own.
         initial, config = base.state_dict(), base.config
         record = dict(base_record, fine_tuned_from=str(args.init))
-        if args.memory and args.memory != config.denoiser.memory:
-            initial, config, new = switch_memory(initial, config, args.data_seed, memory=args.memory)
-            added |= new
+        changes = {field: value for field, value in (("memory", args.memory), ("recall_chunks", args.recall_chunks))
+                   if value is not None and value != getattr(config.denoiser, field)}
+        if changes:
+            initial, config, added = switch_memory(initial, config, args.data_seed, **changes)
+        if "memory" in changes:
             record["memory_switched_from"] = base.config.denoiser.memory
-        if args.recall_chunks is not None and args.recall_chunks != config.denoiser.recall_chunks:
-            initial, config, new = switch_memory(initial, config, args.data_seed,
-                                                 recall_chunks=args.recall_chunks)
-            added |= new
+        if "recall_chunks" in changes:
             record["recall_chunks_from"] = base.config.denoiser.recall_chunks
         vae_state = base.vae.state_dict()
         if (out / "vae.safetensors").exists():
