@@ -11,7 +11,8 @@ seeds and is scored on the rest: well above the commonest color's share means th
 
 The read is asked apart from sampling too (`read_gain`): the same scenes' world chunks written up to a window
 whose clean front shows the pillar alone and whose noisy chunks, at a high noise level, hold the chunk in
-which the object comes back. The denoiser's error on the latents of the returning object is taken with the
+which the object comes back. The denoiser's error on the latents of the returning object (those its own pixels cover, from the
+world's render) is taken with the
 scene's own memory, with the memory of another scene of the same prompt (same background and pillar, another
 object color and path), and with none. A model that reads where and in which color the object comes back
 errs less with its own memory than with the others; one that ignores its memory errs alike with all three.
@@ -122,7 +123,8 @@ def read_gain(model, scenes_per_prompt: int = 20, prompts=PROMPTS, progress=prin
     import torch
     from ..samplers import SamplerSettings
     from ..training.data import to_pixels
-    from ..training.train_denoiser import foreground_distance, not_in_front
+    from ..training.train_denoiser import latent_mask
+    from ..training.world import coming_back
     fpc, chunk = model.config.frames_per_chunk, model.config.denoiser.chunk_frames
     denoiser = model.denoiser
     noisy_chunks = SamplerSettings().window_chunks
@@ -151,8 +153,12 @@ def read_gain(model, scenes_per_prompt: int = 20, prompts=PROMPTS, progress=prin
             memories = {slot: written[front] for slot, front in fronts.items()}
             windows = {slot: latents[:, :, front * chunk:(front + 1 + noisy_chunks) * chunk]
                        for slot, front in fronts.items()}
-            cases.append((memories, windows))
-        for index, (memories, windows) in enumerate(cases if len(cases) > 1 else []):
+            vae = model.config.vae
+            returning = {slot: latent_mask(coming_back(scene, front * fpc, window_frames, front * fpc + fpc - 1),
+                                           vae.time_factor, vae.space_factor)[chunk:]
+                         for slot, front in fronts.items()}
+            cases.append((memories, windows, returning))
+        for index, (memories, windows, returning) in enumerate(cases if len(cases) > 1 else []):
             other = cases[index - 1][0]  # the scene before it (the last for the first): the same prompt
             for slot, window in windows.items():
                 choices = {"own": memories[slot], "another": other[slot], "none": denoiser.initial_state(1)}
@@ -166,11 +172,10 @@ def read_gain(model, scenes_per_prompt: int = 20, prompts=PROMPTS, progress=prin
                 noisy = (1 - t[:, None, :, None, None]) * x0 + t[:, None, :, None, None] * noise
                 with torch.no_grad():
                     velocity = denoiser(noisy, t, tokens.expand(rows, -1, -1), bias.expand(rows, -1), memory)
-                error = (velocity - (noise - x0)).pow(2).mean(1)[:, chunk:]  # [rows, T, H, W], noisy chunks
-                returning = not_in_front(foreground_distance(window), chunk)[0, chunk:]
+                error = (velocity - (noise - x0)).pow(2).mean(1)[:, chunk:].cpu()  # [rows, T, H, W], noisy chunks
                 for row, name in enumerate(choices):
-                    errors[name][slot][0] += float(error[row][returning].sum())
-                    errors[name][slot][1] += int(returning.sum())
+                    errors[name][slot][0] += float(error[row][returning[slot]].sum())
+                    errors[name][slot][1] += int(returning[slot].sum())
             scenes += 1
         progress(f"memory read: {prompt}")
     if not scenes:

@@ -693,28 +693,53 @@ def test_average_of_a_fine_tune_and_its_start_lies_between_them_and_joins_the_li
     assert lineage[2]["what"].startswith(f"weights averaged: 0.25 of {out / 'model.safetensors'} and 0.75 of ")
 
 
-def test_return_weight_makes_errors_on_what_the_front_does_not_show_cost_more(monkeypatch):
-    """In an occlusion window the pillar is in the front chunk and the returning object is not: only the
-    object's latents carry the return weight, and a model that leaves it hidden pays for it."""
+def test_return_weight_makes_errors_on_the_returning_object_cost_more(monkeypatch):
+    """In an occlusion window only the returning object's latents carry the return weight, not the pillar nor
+    a second object that stayed in view, and a model that leaves the returning object hidden pays for it."""
     from longtake.memory import LongTakeModel
     model = LongTakeModel(small_model_config())
     channels, chunk = model.config.denoiser.latent_channels, model.config.denoiser.chunk_frames
     window = torch.zeros(2, channels, 3 * chunk, 8, 8)
     window[:, :, :, :, 3] = 2.5                  # the pillar: a column in every frame, the front's too
     window[:, :, chunk:, 2:4, 5:7] = 2.5         # the object, back in view after the front: 4 latent pixels
+    window[:, :, :, 6, 0] = 2.5                  # a second object, in view all along
+    coming_back = torch.zeros(2, 3 * chunk, 8, 8, dtype=torch.bool)
+    coming_back[:, :, 2:4, 5:7] = True           # the front's too: it is context, never in the loss
     monkeypatch.setattr(torch, "randn_like", lambda x: torch.zeros_like(x))
     hidden = window.clone()
-    hidden[:, :, chunk:, 2:4, 5:7] = 0           # a model that draws the pillar and background and no object
+    hidden[:, :, chunk:, 2:4, 5:7] = 0           # a model that draws all but the returning object
     monkeypatch.setattr(model.denoiser, "forward", lambda noisy, *rest: -hidden)
     objective = WindowLoss(model)
     levels = torch.full((2, 3), 0.5)
     plain, _ = objective(window[:, :, :0], window, levels, [""] * 2, True, 0)
-    weighted, _ = objective(window[:, :, :0], window, levels, [""] * 2, True, 0, return_weight=9.0)
+    weighted, _ = objective(window[:, :, :0], window, levels, [""] * 2, True, 0, coming_back=coming_back,
+                            return_weight=9.0)
     error = 2.5 ** 2
     assert plain == pytest.approx(4 * error / 64)
-    assert weighted == pytest.approx(10 * 4 * error / (10 * 4 + 60))  # the pillar's 8 pixels count once
-    with pytest.raises(ValueError, match="front"):
-        objective(window[:, :, :0], window, levels, [""] * 2, False, 0, return_weight=9.0)
+    assert weighted == pytest.approx(10 * 4 * error / (10 * 4 + 60))  # pillar and second object count once
+    with pytest.raises(ValueError, match="coming_back"):
+        objective(window[:, :, :0], window, levels, [""] * 2, True, 0, return_weight=9.0)
+
+
+def test_coming_back_marks_the_latents_of_the_object_out_from_behind_the_pillar():
+    """The mask the return weight rests on: in a demo-world occlusion window it holds the returning object
+    once it is out (a few latents a frame, none of the pillar's columns while the object is behind it), and
+    nothing in a window where no object is hidden at the front's last frame."""
+    from longtake.training.train_denoiser import latent_mask
+    source = DemoWorld(seed=3, pillars=True)
+    fpc = 8
+    for video in range(40):
+        back = source.reappearances(video, 24 * fpc)
+        if back and back[0] >= 2 * fpc:
+            break
+    first = back[0] // fpc * fpc - 2 * fpc   # the front two chunks before the return chunk
+    mask = latent_mask(source.coming_back(video, first, 5 * fpc, first + fpc - 1), 4, 8)
+    assert mask.shape == (10, 8, 8)
+    per_frame = mask.flatten(1).sum(1)
+    assert per_frame[:4].sum() == 0               # hidden through the front and the chunk after it
+    assert 1 <= per_frame[-1] <= 6                # out: a 10 px object covers a few latents
+    visible = latent_mask(source.coming_back(video, back[0] + 2 * fpc, 5 * fpc, back[0] + 2 * fpc), 4, 8)
+    assert not visible.any()                      # none hidden at that front: nothing is coming back
 
 
 def test_recolored_returns_show_another_rows_object_color_and_keep_their_own_as_the_target(monkeypatch):
@@ -736,7 +761,9 @@ def test_recolored_returns_show_another_rows_object_color_and_keep_their_own_as_
 
     monkeypatch.setattr(model.denoiser, "forward", denoiser)
     levels = torch.full((2, 3), 0.5)
-    loss, _ = WindowLoss(model)(window[:, :, :0], window, levels, [""] * 2, True, 0, recolor_returns=True)
+    coming_back = window[:, :2].amax(1) == 3.0
+    loss, _ = WindowLoss(model)(window[:, :, :0], window, levels, [""] * 2, True, 0, coming_back=coming_back,
+                                recolor_returns=True)
     assert loss == 0
     shown = seen["noisy"] / 0.5
     assert torch.equal(shown[0, :2, chunk:, 2:4, 5:7].flatten(1).unique(dim=1), torch.tensor([[0.0], [3.0]]))

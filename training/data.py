@@ -54,6 +54,12 @@ class DemoWorld:
             found += [int(f) for f in edges if column[max(0, f - world.MIN_HIDDEN_FRAMES):f].all()]
         return sorted(found)
 
+    def coming_back(self, i: int, first: int, frames: int, hidden_at: int) -> np.ndarray:
+        """bool `[frames, H, W]`: where frames `first ..` of `video(i, ...)` show an object that is entirely behind
+        the pillar at frame `hidden_at` (`world.coming_back`)."""
+        start = self._start(i)
+        return world.coming_back(self._scene(i), start + first, frames, start + hidden_at)
+
     def _scene(self, i: int):
         return world.sample_scene(self.seed * 1_000_003 + i, occlusion=True if self.pillars else None)
 

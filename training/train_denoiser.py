@@ -79,8 +79,8 @@ class DenoiserTraining:
     drift_easing: int = 0         # ...and whose first this-many noisy chunks still show part of the drift, easing back
                                   # to the truth by equal steps, so the model learns a pull-back without a jump at the front
     object_weight: float = 0.0    # extra loss weight where the latents differ from the background (objects)
-    return_weight: float = 0.0    # extra loss weight, in occlusion windows, on what the front chunk does not show
-                                  # (the object coming back from behind the pillar; see WindowLoss.forward)
+    return_weight: float = 0.0    # extra loss weight, in occlusion windows, on the latents of the object coming
+                                  # back from behind the pillar (see WindowLoss.forward)
     recolor_returns: bool = False # in occlusion windows, the returning object shown in another object's color in
                                   # the noisy input, its own in the target: its color is in the memory or nowhere
     preview_every: int = 3000
@@ -198,10 +198,17 @@ def foreground_distance(window: torch.Tensor) -> torch.Tensor:
     return (window - background).norm(dim=1)
 
 
-def not_in_front(distance: torch.Tensor, chunk: int) -> torch.Tensor:
-    """`[B, T, H, W]` booleans: foreground latent pixels that the front chunk's last frame (frame `chunk - 1`)
-    does not show as foreground. In a window whose front shows the pillar alone, the object coming back."""
-    return (distance > FOREGROUND) & (distance[:, chunk - 1:chunk] <= FOREGROUND)
+COVERED = 0.05  # share of a latent's pixels an object must cover for the latent to count as showing it
+
+
+def latent_mask(pixels: np.ndarray, time_factor: int, space_factor: int) -> torch.Tensor:
+    """bool `[T / time_factor, H / space_factor, W / space_factor]`: the latents whose frames and pixels are
+    over COVERED marked in `pixels [T, H, W]` (a latent stands for its `time_factor` frames, as the causal
+    encoder reads them). The returning object is 10 px: a latent it grazes by a corner does not show it."""
+    t, h, w = pixels.shape
+    blocks = pixels.reshape(t // time_factor, time_factor, h // space_factor, space_factor, w // space_factor,
+                            space_factor)
+    return torch.from_numpy(blocks.mean(axis=(1, 3, 5)) > COVERED)
 
 
 def recolored(window: torch.Tensor, returning: torch.Tensor) -> torch.Tensor:
@@ -229,13 +236,15 @@ class WindowLoss(torch.nn.Module):
 
     def forward(self, prefix, window, levels, prompts, has_front: bool, grad_writes: int, remade=None,
                 object_weight: float = 0.0, remade_steps: int = 1, remade_guidance: float = 1.0,
-                return_weight: float = 0.0, recolor_returns: bool = False):
+                coming_back=None, return_weight: float = 0.0, recolor_returns: bool = False):
         """The weighted loss and, for the log, the plain error on foreground latents (objects and pillars).
 
-        `return_weight`: extra weight on foreground latents that the front chunk's last frame does not have, in
-        windows whose object comes back from behind the pillar. The front shows the pillar alone, so where and
-        in which color the object comes out is in the memory or nowhere; the object is 2 or 3 of a frame's 64
-        latent pixels, and unweighted, a model that lets it stay hidden loses almost nothing.
+        `coming_back [B, T, H, W]` (bool, windows whose object comes back from behind the pillar): the latents
+        of the returning object itself, from the world's render (`latent_mask` of `DemoWorld.coming_back`).
+        `return_weight`: extra weight on them. The front shows the pillar alone, so where and in which color the
+        object comes out is in the memory or nowhere; the object is 2 or 3 of a frame's 64 latent pixels, and
+        unweighted, a model that lets it stay hidden loses almost nothing. (Weighing "what the front does not
+        show" instead, a second object's motion too, taught no read: docs/demo_model.md, walk H1.)
 
         `recolor_returns`: those same latents are shown in the noisy input shifted to another row's returning
         object's mean latent (another color, at its own place and in its own shape), while the target keeps
@@ -279,10 +288,10 @@ class WindowLoss(torch.nn.Module):
             counted[:, :chunk] = 0  # the front chunk is context: its prediction is never used
         returning = None
         if return_weight or recolor_returns:
-            if not has_front:
-                raise ValueError("return_weight and recolor_returns act on what the front chunk does not show: "
-                                 "give a window with a front")
-            returning = counted * not_in_front(distance, chunk)
+            if coming_back is None:
+                raise ValueError("return_weight and recolor_returns act on the returning object's latents: give "
+                                 "coming_back, the mask of them")
+            returning = counted * coming_back.to(counted)
         noise = torch.randn_like(window)
         shown = recolored(window, returning) if recolor_returns else window
         noisy = (1 - t[:, None, :, None, None]) * shown + t[:, None, :, None, None] * noise
@@ -410,7 +419,7 @@ def train_denoiser(config: ModelConfig, vae_state: dict, source, out: Path, sett
             print(f"resuming denoiser training at step {progress['step']}", flush=True)
     log = LossLog(out / "denoiser_log.jsonl", resume=progress["step"] > 0)
     started = time.monotonic() - progress["seconds"]
-    chunk, k = config.denoiser.chunk_frames, settings.window_chunks
+    chunk, k, fpc = config.denoiser.chunk_frames, settings.window_chunks, config.frames_per_chunk
     smoothed, object_smoothed = progress.get("loss"), progress.get("object_error")  # absent in older states
 
     for step in range(progress["step"], settings.steps):
@@ -423,6 +432,7 @@ def train_denoiser(config: ModelConfig, vae_state: dict, source, out: Path, sett
 
         # One window shape per step, so the batch is one tensor.
         drop, grad_writes, return_weight, recolor_returns = None, settings.grad_writes, 0.0, False
+        coming_back = None
         kind = rng.random()
         opening = kind < settings.opening_share
         if kind < settings.opening_share + settings.fill_share:
@@ -440,6 +450,12 @@ def train_denoiser(config: ModelConfig, vae_state: dict, source, out: Path, sett
             videos, offsets = zip(*(pool[rng.randrange(len(pool))] for _ in range(settings.batch)))
             drop, return_weight = settings.occlusion_drop, settings.return_weight
             recolor_returns = settings.recolor_returns
+            if return_weight or recolor_returns:
+                # The front chunk's last frame: every object hidden there is coming back in the window.
+                window_start = [(o + prefix_chunks) * fpc for o in offsets]
+                coming_back = torch.stack([latent_mask(
+                    occlusion_source.coming_back(v, first, (1 + k) * fpc, first + fpc - 1),
+                    config.vae.time_factor, config.vae.space_factor) for v, first in zip(videos, window_start)])
             if settings.occlusion_grad_writes is not None:
                 grad_writes = settings.occlusion_grad_writes
         else:
@@ -479,7 +495,7 @@ def train_denoiser(config: ModelConfig, vae_state: dict, source, out: Path, sett
                                  torch.zeros(settings.batch, links))
         loss, object_error = objective(prefix, window, levels, prompts, has_front, grad_writes, remade,
                                        settings.object_weight, settings.remade_steps, settings.remade_guidance,
-                                       return_weight, recolor_returns)
+                                       coming_back, return_weight, recolor_returns)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trained, 1.0)

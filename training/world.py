@@ -280,28 +280,45 @@ def positions(scene: Scene, start: int, frames: int) -> np.ndarray:
     return corners
 
 
-def render(scene: Scene, start: int, frames: int, drift: Drift | None = None) -> np.ndarray:
-    """Frames `start .. start + frames - 1` of the scene's endless video, uint8 `[frames, 64, 64, 3]`;
-    with `drift`, its objects and pillar drawn the way a model's own video loses them (see `Drift`)."""
+def shown(scene: Scene, start: int, frames: int, drift: Drift | None = None) -> np.ndarray:
+    """What each pixel of frames `start .. start + frames - 1` shows, int8 `[frames, 64, 64]`: 0 the
+    background, i + 1 the scene's object i, len(objects) + 1 the pillar (later objects drawn over earlier
+    ones, the pillar over all); with `drift`, the objects sized and the pillar widened as `render` draws them."""
     drift = Drift() if drift is None else drift
     corners = positions(scene, start, frames)
-    background = np.array(PALETTE[scene.background], np.float64)
-    video = np.empty((frames, SIZE, SIZE, 3), np.uint8)
-    video[:] = PALETTE[scene.background]
+    owner = np.zeros((frames, SIZE, SIZE), np.int8)
     index = np.arange(frames)[:, None]
-    for i, obj in enumerate(scene.objects):  # later objects are drawn over earlier ones
+    for i, obj in enumerate(scene.objects):
         size = max(2, round(obj.size * drift.scale))
         offset = (obj.size - size) // 2  # resized about the object's centre
         rows, cols = np.nonzero(_sprite(obj.shape, size))
         y, x = corners[:, i, 1:2] + offset + rows, corners[:, i, 0:1] + offset + cols
         inside = (y >= 0) & (y < SIZE) & (x >= 0) & (x < SIZE)  # a grown object may reach past the edge
-        color = drift.fade * np.array(PALETTE[obj.color]) + (1 - drift.fade) * background
-        video[np.broadcast_to(index, y.shape)[inside], y[inside], x[inside]] = np.round(color).astype(np.uint8)
+        owner[np.broadcast_to(index, y.shape)[inside], y[inside], x[inside]] = i + 1
     if scene.pillar is not None:
         width = max(1, round(scene.pillar.width * drift.pillar_scale))
         left = scene.pillar.x + (scene.pillar.width - width) // 2
-        video[:, :, max(0, left):min(SIZE, left + width)] = PALETTE[scene.pillar.color]
+        owner[:, :, max(0, left):min(SIZE, left + width)] = len(scene.objects) + 1
+    return owner
+
+
+def render(scene: Scene, start: int, frames: int, drift: Drift | None = None) -> np.ndarray:
+    """Frames `start .. start + frames - 1` of the scene's endless video, uint8 `[frames, 64, 64, 3]`;
+    with `drift`, its objects and pillar drawn the way a model's own video loses them (see `Drift`)."""
+    drift = Drift() if drift is None else drift
+    background = np.array(PALETTE[scene.background], np.float64)
+    objects = [drift.fade * np.array(PALETTE[obj.color]) + (1 - drift.fade) * background for obj in scene.objects]
+    pillar = [PALETTE[scene.pillar.color]] if scene.pillar is not None else []
+    colors = np.round(np.array([background] + objects + pillar)).astype(np.uint8)
+    video = colors[shown(scene, start, frames, drift)]
     return _blur(video, drift.blur) if drift.blur > 0 else video
+
+
+def coming_back(scene: Scene, start: int, frames: int, hidden_at: int) -> np.ndarray:
+    """bool `[frames, 64, 64]`: the pixels of frames `start ..` that show an object entirely behind the
+    pillar at frame `hidden_at`, one that comes back out (where memory alone can say what it looks like)."""
+    behind = np.flatnonzero(hidden(scene, hidden_at, 1)[0])
+    return np.isin(shown(scene, start, frames), behind + 1)
 
 
 def hidden(scene: Scene, start: int, frames: int) -> np.ndarray:
