@@ -588,8 +588,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "each write keeps more of what the slots held and the memory lasts longer (default 0)")
     train.add_argument("--return-weight", type=float,
                        help="denoiser: extra loss weight, in the windows where an object comes back from behind "
-                            "the pillar, on what the window's clean front chunk does not show (the returning "
-                            "object, whose place and color only memory knows; default 0)")
+                            "the pillar, on the returning object's own latents, found from the world's render "
+                            "(its place and color only memory knows; default 0)")
     train.add_argument("--recolor-returns", action="store_true", default=None,
                        help="denoiser: in the windows where an object comes back from behind the pillar, show it "
                             "in another object's color in the noisy input (its own stays the target), so that "
