@@ -35,7 +35,7 @@ def cmd_init(args) -> int:
 
 
 SAMPLER_FLAGS = ("sampler", "steps", "window_chunks", "overlap", "shift", "guidance", "guidance_parallel", "seed",
-                 "context_noise", "memory_strength")
+                 "context_noise", "memory_strength", "recall_strength")
 DEMO_MODEL = Path(__file__).resolve().parent / "models" / "demo.safetensors"
 
 
@@ -98,7 +98,8 @@ def cmd_generate(args) -> int:
         guidance_parallel=defaults.guidance_parallel if args.guidance_parallel is None else args.guidance_parallel,
         seed=defaults.seed if args.seed is None else args.seed,
         context_noise=defaults.context_noise if args.context_noise is None else args.context_noise,
-        memory_strength=defaults.memory_strength if args.memory_strength is None else args.memory_strength)
+        memory_strength=defaults.memory_strength if args.memory_strength is None else args.memory_strength,
+        recall_strength=defaults.recall_strength if args.recall_strength is None else args.recall_strength)
     settings.check()
     start = None
     if args.start:
@@ -490,6 +491,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--context-noise", type=float, help="level clean context chunks are noised to (default 0.05)")
     gen.add_argument("--memory-strength", type=float,
                      help="factor on what the model reads from its memory: 1 as trained, 0 not at all (default 0.5)")
+    gen.add_argument("--recall-strength", type=float,
+                     help="factor on what a model trained with --recall-chunks reads from its last written chunks: "
+                          "1 as trained, 0 not at all (default 1)")
     gen.add_argument("--blend-chunks", type=int, default=2, help="chunks over which a prompt change fades in")
     gen.add_argument("--start", help="a video or image to continue from")
     gen.add_argument("--save-state", help="write the generation state here at the end (or on Ctrl-C)")

@@ -633,7 +633,8 @@ def run_quality(checkpoint: str | Path, out_dir: Path, seconds: float = 60, prom
                 samplers=SAMPLERS, steps: int | None = None, seed: int = 0, guidance: float | None = None,
                 memory_strength: float | None = None, occlusion_seeds: int = 0, return_starts: int = 10,
                 progress: Callable[[str], None] = print,
-                device: str = "cpu", guidance_parallel: float | None = None) -> dict:
+                device: str = "cpu", guidance_parallel: float | None = None,
+                recall_strength: float | None = None) -> dict:
     """Generate every prompt with every sampler (and progressive with memory off on occlusion prompts),
     measure, and write the mp4s, quality.json, table.md and one PNG per measure into `out_dir`.
 
@@ -661,7 +662,7 @@ def run_quality(checkpoint: str | Path, out_dir: Path, seconds: float = 60, prom
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     overrides = {"steps": steps, "guidance": guidance, "memory_strength": memory_strength,
-                 "guidance_parallel": guidance_parallel}
+                 "guidance_parallel": guidance_parallel, "recall_strength": recall_strength}
     base = SamplerSettings(**{k: v for k, v in overrides.items() if v is not None})
     for mode in samplers:  # an unknown mode, or steps the progressive window cannot divide: before any video
         replace(base, mode=mode).check()
@@ -768,6 +769,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "classifier-free guidance (default: the sampler's default)")
     parser.add_argument("--memory-strength", type=float,
                         help="factor on what the model reads from memory (default: the sampler's default)")
+    parser.add_argument("--recall-strength", type=float,
+                        help="factor on what a model trained with recalled chunks reads from them (default: the "
+                             "sampler's default)")
     parser.add_argument("--occlusion-seeds", type=int, default=0,
                         help="this many more seeds (seed + 100, + 200, ...) for the occlusion prompts, every row, "
                              "pooled for color through occlusion alone, whose events are few per seed (default 0)")
@@ -792,7 +796,8 @@ def run_from_args(args: argparse.Namespace) -> int:
     out = Path(args.out)
     report = run_quality(args.checkpoint, out, seconds, prompts, tuple(args.samplers), args.steps, args.seed,
                          args.guidance, args.memory_strength, args.occlusion_seeds, return_starts,
-                         device=args.device, guidance_parallel=args.guidance_parallel)
+                         device=args.device, guidance_parallel=args.guidance_parallel,
+                         recall_strength=args.recall_strength)
     print(table(report))
     print(f"\nraw numbers in {out / 'quality.json'}; plots and mp4s in {out}")
     return 0

@@ -68,10 +68,10 @@ class DenoiserMeter:
             if block.malt is not None:
                 block.malt.update = self._timed_update(layer, block.malt.update)
 
-    def _timed(self, x, t, text, text_bias, state, prefix=None, memory_strength=1.0):
+    def _timed(self, x, t, text, text_bias, state, prefix=None, memory_strength=1.0, recall_strength=1.0):
         _sync(self.device)
         started = time.perf_counter()
-        result = self.original(x, t, text, text_bias, state, prefix, memory_strength)
+        result = self.original(x, t, text, text_bias, state, prefix, memory_strength, recall_strength)
         _sync(self.device)
         self.seconds += time.perf_counter() - started
         key = (tuple(x.shape), tuple(text.shape), None if prefix is None else prefix.frames)
@@ -79,7 +79,8 @@ class DenoiserMeter:
             # Text, memory and a prefix are never changed in place once made, so they are kept as they are:
             # a pass timed again then finds the very tensors its prefix was made with, as the sampler's do,
             # instead of comparing copies element by element.
-            self.examples[key] = (x.clone(), t.clone(), text, text_bias, state, prefix, memory_strength)
+            self.examples[key] = (x.clone(), t.clone(), text, text_bias, state, prefix, memory_strength,
+                                  recall_strength)
         self.calls[key] += 1
         return result
 

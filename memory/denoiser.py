@@ -21,7 +21,8 @@ Memory (`cfg.memory`), read inside every block and written only by `write`:
   makes the result the new committed state.
 
 All read gates start at zero, so an untrained memory leaves the model exactly as `none` would. A sampler
-may scale what every read adds (`memory_strength`; 1 is the model as trained).
+may scale what every read adds (`memory_strength`, and `recall_strength` for the recalled chunks; 1 is the
+model as trained).
 The memory state is a plain `dict[str, Tensor]` of fixed size: it never grows with video length.
 """
 from __future__ import annotations
@@ -197,9 +198,10 @@ class MaltMemory(nn.Module):
             self.recall = Attention(width, heads)
             self.recall_gate = nn.Parameter(torch.zeros(width))
 
-    def forward(self, x: torch.Tensor, memory, keys_values=None, strength: float = 1.0):
-        """The window tokens `x [B, N, D]` with what they take from the memory added through the gates (scaled
-        by `strength`); `memory`: the slots `[B, S, D]` and the recalled tokens `[B, R, D]` (None without).
+    def forward(self, x: torch.Tensor, memory, keys_values=None, strength: float = 1.0, recall_strength: float = 1.0):
+        """The window tokens `x [B, N, D]` with what they take from the memory added through the gates (the
+        slots' read scaled by `strength`, the recalled chunks' by `recall_strength`); `memory`: the slots
+        `[B, S, D]` and the recalled tokens `[B, R, D]` (None without).
         Also returns the memory's keys and values (pass them back as `keys_values` while it stays the same)."""
         slots, recalled = memory
         slot_keys_values, recall_keys_values = keys_values or (None, None)
@@ -210,7 +212,7 @@ class MaltMemory(nn.Module):
         if self.recall is not None:
             recalled = self.recall_norm(recalled) + self.recall_age if recall_keys_values is None else None
             read, recall_keys_values = self.recall(queries, recalled, context_keys_values=recall_keys_values)
-            x = torch.addcmul(x, strength * torch.tanh(self.recall_gate), read)
+            x = torch.addcmul(x, recall_strength * torch.tanh(self.recall_gate), read)
         return x, (slot_keys_values, recall_keys_values)
 
     def update(self, slots: torch.Tensor, chunk_tokens: torch.Tensor) -> torch.Tensor:
@@ -273,12 +275,12 @@ class Block(nn.Module):
         nn.init.zeros_(self.modulation.bias)
 
     def forward(self, x, cond, text, text_bias, mask, rotary, memory, past=None, reads=(None, None),
-                memory_strength: float = 1.0):
+                memory_strength: float = 1.0, recall_strength: float = 1.0):
         """x `[B, T, P, D]`; cond `[B, T, D]`; text `[B, L, Dt]`, or `[B, N, L, Dt]` per chunk; memory:
         this layer's MALT slots and recalled tokens (see `MaltMemory.forward`), or `(h, c)` for an LSTM layer,
         or None; past: keys and values of earlier window tokens; reads: the keys and values of the MALT memory
-        and of the text, where they are known already (None where not); memory_strength: the factor on what
-        the memory read adds.
+        and of the text, where they are known already (None where not); memory_strength, recall_strength: the
+        factors on what the memory read and the recalled chunks' read add.
         Returns x, the LSTM's end state, this layer's keys and values, and `reads` as used."""
         memory_keys_values, text_keys_values = reads
         batch, frames, positions, width = x.shape
@@ -291,7 +293,7 @@ class Block(nn.Module):
         lstm_end = None
         if self.malt is not None:
             x, memory_keys_values = self.malt(x.reshape(batch, frames * positions, width), memory,
-                                              memory_keys_values, memory_strength)
+                                              memory_keys_values, memory_strength, recall_strength)
             x = x.view(batch, frames, positions, width)
         if self.lstm is not None:
             read, *lstm_end = self.lstm(x, *memory, memory_strength)
@@ -321,7 +323,7 @@ class Prefix:
     reads: list[tuple[tuple[KeysValues | None, KeysValues | None] | None, KeysValues | None]]
     state: State
     text: tuple[torch.Tensor, torch.Tensor]
-    memory_strength: float
+    strengths: tuple[float, float]                               # the memory_strength and recall_strength it read at
 
 
 class Denoiser(nn.Module):
@@ -385,7 +387,8 @@ class Denoiser(nn.Module):
         return block_causal_bias(chunks, prefix_chunks, self.cfg.chunk_frames * self.cfg.tokens_per_frame,
                                  device, dtype)
 
-    def _run(self, x, t, text, text_bias, state, prefix: "Prefix | None" = None, memory_strength: float = 1.0):
+    def _run(self, x, t, text, text_bias, state, prefix: "Prefix | None" = None, memory_strength: float = 1.0,
+             recall_strength: float = 1.0):
         """Shared body of `forward`, `prefix` and `write`: the velocity, each layer's outputs, the LSTM
         layers' end states, each layer's self-attention keys and values, and each layer's reads (the keys
         and values of its memory and of the text)."""
@@ -400,8 +403,8 @@ class Denoiser(nn.Module):
             raise ValueError(f"conditioning has {text.shape[1]} chunks, the window {chunks}")
         if prefix is not None and prefix.keys_values[0][0].shape[0] != batch:
             raise ValueError("a prefix must be used with the batch it was made for")
-        if prefix is not None and prefix.memory_strength != memory_strength:
-            raise ValueError("a prefix must be used with the memory strength it was made with")
+        if prefix is not None and prefix.strengths != (memory_strength, recall_strength):
+            raise ValueError("a prefix must be used with the memory and recall strengths it was made with")
 
         dtype = self.patch_in.weight.dtype  # inputs and memory arrive in float32; compute in the weights' dtype
         known = self._known_reads(prefix, state, text, text_bias)  # compared as the prefix got them, before the cast
@@ -430,7 +433,7 @@ class Denoiser(nn.Module):
                 memory = prefix.lstm_ends[self.lstm_layers.index(i)]
             past = None if prefix is None else prefix.keys_values[i]
             h, lstm_end, layer_keys_values, layer_reads = block(h, cond, text, text_bias, mask, rotary, memory, past,
-                                                                known[i], memory_strength)
+                                                                known[i], memory_strength, recall_strength)
             layer_outputs.append(h)
             keys_values.append(layer_keys_values)
             reads.append(layer_reads)
@@ -455,7 +458,7 @@ class Denoiser(nn.Module):
                 for memory_keys_values, text_keys_values in prefix.reads]
 
     def forward(self, x, t, text, text_bias, state: State, prefix: "Prefix | None" = None,
-                memory_strength: float = 1.0) -> torch.Tensor:
+                memory_strength: float = 1.0, recall_strength: float = 1.0) -> torch.Tensor:
         """Velocity for the window `x [B, C, T, H, W]` at per-frame times `t [B, T]`.
 
         `text`/`text_bias`: `[B, L, Dt]`/`[B, L]` for one prompt, or `[B, N, L, Dt]`/`[B, N, L]` per chunk;
@@ -463,12 +466,14 @@ class Denoiser(nn.Module):
         attention its mask.
         `state`: the memory, as from `initial_state` or `write`; it is only read here.
         `prefix`: the window's first chunks, run once by `prefix`; `x` is then the rest of the window.
-        `memory_strength`: the factor on what every layer's memory read adds (1: as trained, 0: nothing).
+        `memory_strength`: the factor on what every layer's memory read adds (1: as trained, 0: nothing);
+        `recall_strength`: the same for the read of the recalled chunks (MALT with `recall_chunks`).
         The velocity is float32 whatever dtype the model computes in, so samplers step in float32.
         """
-        return self._run(x, t, text, text_bias, state, prefix, memory_strength)[0].float()
+        return self._run(x, t, text, text_bias, state, prefix, memory_strength, recall_strength)[0].float()
 
-    def prefix(self, x, t, text, text_bias, state: State, memory_strength: float = 1.0) -> "Prefix":
+    def prefix(self, x, t, text, text_bias, state: State, memory_strength: float = 1.0,
+               recall_strength: float = 1.0) -> "Prefix":
         """The first chunks of a window, run on their own, for `forward` to reuse.
 
         Under the block-causal mask the first chunks of a window see only themselves, so what they give
@@ -480,22 +485,22 @@ class Denoiser(nn.Module):
         """
         if not self.cfg.block_causal:
             raise ValueError("only a block-causal model can reuse the front of its window")
-        _, layer_outputs, lstm_ends, keys_values, reads = self._run(x, t, text, text_bias, state,
-                                                                    memory_strength=memory_strength)
+        _, layer_outputs, lstm_ends, keys_values, reads = self._run(x, t, text, text_bias, state, None,
+                                                                    memory_strength, recall_strength)
         if text.dim() == 4:  # a prompt per chunk is never reused
             reads = [(memory_keys_values, None) for memory_keys_values, _ in reads]
         return Prefix(x.shape[2], keys_values, lstm_ends, layer_outputs, reads, state, (text, text_bias),
-                      memory_strength)
+                      (memory_strength, recall_strength))
 
     def write(self, state: State, chunk: torch.Tensor, text, text_bias, noise: torch.Tensor | None = None,
-              seen: Prefix | None = None, memory_strength: float = 1.0) -> State:
+              seen: Prefix | None = None, memory_strength: float = 1.0, recall_strength: float = 1.0) -> State:
         """The memory after `chunk` (clean latents `[B, C, chunk_frames, H, W]`) has left the window.
 
         `text`/`text_bias` are the chunk's own conditioning; `noise` (like `chunk`) the write pass's noise.
         `seen`: the `prefix` this very pass already made (the chunk alone, noised to `write_noise` with
         `noise`, with this text and this memory state), whose first `B` rows are used instead of running
         it again; a sampler has it when the chunk stood at the front of the window just before leaving.
-        `memory_strength`: as in `forward`, for the write pass's own read of the memory.
+        `memory_strength`, `recall_strength`: as in `forward`, for the write pass's own read of the memory.
         """
         cfg = self.cfg
         if cfg.memory == "none":
@@ -503,8 +508,8 @@ class Denoiser(nn.Module):
         if chunk.shape[2] != cfg.chunk_frames:
             raise ValueError(f"a memory write takes one chunk of {cfg.chunk_frames} latent frames, got {chunk.shape[2]}")
         if seen is not None:
-            if seen.memory_strength != memory_strength:
-                raise ValueError("a prefix must be used with the memory strength it was made with")
+            if seen.strengths != (memory_strength, recall_strength):
+                raise ValueError("a prefix must be used with the memory and recall strengths it was made with")
             rows = chunk.shape[0]
             layer_outputs = [h[:rows] for h in seen.layer_outputs]
             lstm_ends = [(h[:rows], c[:rows]) for h, c in seen.lstm_ends]
@@ -514,8 +519,8 @@ class Denoiser(nn.Module):
             noise = torch.randn_like(chunk) if noise is None else noise
             noisy = (1 - cfg.write_noise) * chunk + cfg.write_noise * noise
             t = torch.full(chunk.shape[:1] + chunk.shape[2:3], cfg.write_noise, device=chunk.device)
-            _, layer_outputs, lstm_ends, _, _ = self._run(noisy, t, text, text_bias, state,
-                                                          memory_strength=memory_strength)
+            _, layer_outputs, lstm_ends, _, _ = self._run(noisy, t, text, text_bias, state, None,
+                                                          memory_strength, recall_strength)
         if cfg.memory == "malt":
             slots = state["malt.slots"]
             updated = [block.malt.update(slots[:, i].to(h.dtype), h.flatten(1, 2)).float()

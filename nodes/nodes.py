@@ -20,7 +20,7 @@ CATEGORY = "LongTake"
 MAX_SEED = 0xFFFFFFFFFFFFFFFF
 # SamplerSettings' default and samplers.loop.MAX_MEMORY_STRENGTH (a test holds them equal), without importing torch
 MEMORY_STRENGTH, MAX_MEMORY_STRENGTH = 0.5, 2.0
-GUIDANCE_PARALLEL = 1.0  # SamplerSettings' default too (the same test)
+GUIDANCE_PARALLEL = RECALL_STRENGTH = 1.0  # SamplerSettings' defaults too (the same test)
 
 
 @dataclass
@@ -200,36 +200,43 @@ class LongTakeProgressiveSampler:
                 "tooltip": "How much of guidance's push may make what the model draws anyway stronger: 1 is "
                            "plain classifier-free guidance; lower keeps objects from swelling in the first "
                            "seconds of two-object scenes, and over a minute can lose the background elsewhere."}),
+            "recall_strength": ("FLOAT", {
+                "default": RECALL_STRENGTH, "min": 0.0, "max": MAX_MEMORY_STRENGTH, "step": 0.05,
+                "tooltip": "How much a model trained to recall its last chunks reads from them (the demo model "
+                           "is): 1 as trained, 0 not at all. It is how an object that went behind something "
+                           "comes back in its own color."}),
         }}
 
     @classmethod
     def VALIDATE_INPUTS(cls, mode, steps, window_chunks, overlap, shift, guidance, seed,
-                        memory_strength=MEMORY_STRENGTH, guidance_parallel=GUIDANCE_PARALLEL):
+                        memory_strength=MEMORY_STRENGTH, guidance_parallel=GUIDANCE_PARALLEL,
+                        recall_strength=RECALL_STRENGTH):
         problem = _out_of_range(cls, steps=steps, window_chunks=window_chunks, overlap=overlap, shift=shift,
                                 guidance=guidance, seed=seed, memory_strength=memory_strength,
-                                guidance_parallel=guidance_parallel)
+                                guidance_parallel=guidance_parallel, recall_strength=recall_strength)
         if problem:
             return problem
         try:
             cls._settings(mode, steps, window_chunks, overlap, shift, guidance, seed, memory_strength,
-                          guidance_parallel).check()
+                          guidance_parallel, recall_strength).check()
         except ValueError as error:
             return str(error)
         return True
 
     def settings(self, mode, steps, window_chunks, overlap, shift, guidance, seed, memory_strength=MEMORY_STRENGTH,
-                 guidance_parallel=GUIDANCE_PARALLEL):
+                 guidance_parallel=GUIDANCE_PARALLEL, recall_strength=RECALL_STRENGTH):
         settings = self._settings(mode, steps, window_chunks, overlap, shift, guidance, seed, memory_strength,
-                                  guidance_parallel)
+                                  guidance_parallel, recall_strength)
         settings.check()
         return (settings,)
 
     @staticmethod
-    def _settings(mode, steps, window_chunks, overlap, shift, guidance, seed, memory_strength, guidance_parallel):
+    def _settings(mode, steps, window_chunks, overlap, shift, guidance, seed, memory_strength, guidance_parallel,
+                  recall_strength):
         from ..samplers.loop import SamplerSettings
         return SamplerSettings(mode=mode, steps=steps, window_chunks=window_chunks, overlap=overlap, shift=shift,
                                guidance=guidance, seed=seed, memory_strength=memory_strength,
-                               guidance_parallel=guidance_parallel)
+                               guidance_parallel=guidance_parallel, recall_strength=recall_strength)
 
 
 class LongTakeSegmentLoop:

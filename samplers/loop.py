@@ -60,6 +60,10 @@ class SamplerSettings:
     # true video, leans on it harder than on the window when the memory holds its own output, and lets its
     # objects fade; read at half strength they stay (the README's quality table gives the figures).
     memory_strength: float = 0.5
+    # The same for the read of the last written chunks, kept as they were (a model trained with
+    # `recall_chunks`; others have no such read). It does not make objects fade, and at full strength the demo
+    # model brings a hidden object back in its color far more often than at half (the README's figures).
+    recall_strength: float = 1.0
 
     def check(self) -> None:
         if self.mode not in MODES:
@@ -79,9 +83,10 @@ class SamplerSettings:
                              f"classifier-free guidance), got {self.guidance_parallel}")
         if not 0 <= self.context_noise < 1:
             raise ValueError(f"context noise must lie in [0, 1), got {self.context_noise}")
-        if not 0 <= self.memory_strength <= MAX_MEMORY_STRENGTH:
-            raise ValueError(f"memory strength must lie in [0, {MAX_MEMORY_STRENGTH:g}] (1 reads the memory as "
-                             f"trained, 0 not at all), got {self.memory_strength}")
+        for name, value in (("memory strength", self.memory_strength), ("recall strength", self.recall_strength)):
+            if not 0 <= value <= MAX_MEMORY_STRENGTH:
+                raise ValueError(f"{name} must lie in [0, {MAX_MEMORY_STRENGTH:g}] (1 reads the memory as "
+                                 f"trained, 0 not at all), got {value}")
 
     def clean_in_front(self) -> int:
         return 1 if self.mode == "progressive" else self.overlap
@@ -167,17 +172,17 @@ class Conditioner:
         if self.settings.guidance != 1:  # conditional and unconditional in one batch
             x, t = torch.cat([x, x]), torch.cat([t, t])
             memory = self._guided_memory()
-        denoiser, strength = self.model.denoiser, self.settings.memory_strength
+        denoiser, strengths = self.model.denoiser, (self.settings.memory_strength, self.settings.recall_strength)
         if not (self.reuse_front and front and front < len(indexes) and denoiser.cfg.block_causal):
-            velocity = denoiser(x, t, tokens, bias, memory, memory_strength=strength)
+            velocity = denoiser(x, t, tokens, bias, memory, None, *strengths)
         else:
             split = front * frames
             key = tuple(indexes[:front])
             if self._front is None or self._front[0] != key:
                 text = (tokens, bias) if shared else (tokens[:, :front], bias[:, :front])
-                self._front = key, denoiser.prefix(x[:, :, :split], t[:, :split], *text, memory, strength)
+                self._front = key, denoiser.prefix(x[:, :, :split], t[:, :split], *text, memory, *strengths)
             text = (tokens, bias) if shared else (tokens[:, front:], bias[:, front:])
-            rest = denoiser(x[:, :, split:], t[:, split:], *text, memory, self._front[1], strength)
+            rest = denoiser(x[:, :, split:], t[:, split:], *text, memory, self._front[1], *strengths)
             velocity = torch.cat([rest.new_zeros(rest.shape[:2] + (split,) + rest.shape[3:]), rest], dim=2)
         if self.settings.guidance == 1:
             return velocity
@@ -233,7 +238,8 @@ class Conditioner:
         self.memory = self.model.denoiser.write(self.memory, chunk.latents, tokens, bias,
                                                 noise=noise.to(chunk.latents.device, chunk.latents.dtype),
                                                 seen=front[1] if seen else None,
-                                                memory_strength=self.settings.memory_strength)
+                                                memory_strength=self.settings.memory_strength,
+                                                recall_strength=self.settings.recall_strength)
 
 
 def guide(velocity: torch.Tensor, scale: float, parallel: float = 1.0, x: torch.Tensor | None = None,
@@ -545,7 +551,7 @@ def load_state(path, model: LongTakeModel) -> GenerationState:
     boundary = Boundary(window, memory, decoder, tensors.get("pending"), meta["chunks_done"], meta["frames_done"],
                         tensors.get("recent"), meta.get("skip", 0))
     # States saved before a setting existed ran as it was then: memory read at full strength, plain guidance.
-    settings = {"memory_strength": 1.0, "guidance_parallel": 1.0, **meta["settings"]}
+    settings = {"memory_strength": 1.0, "recall_strength": 1.0, "guidance_parallel": 1.0, **meta["settings"]}
     return GenerationState(SamplerSettings(**settings), boundary, meta["model"])
 
 

@@ -140,9 +140,11 @@ def test_a_prefix_is_refused_with_another_memory_state_or_strength():
     written = {name: value + 1 for name, value in state.items()}
     with pytest.raises(ValueError, match="memory state it was made with"):
         model(x[:, :, split:], t[:, split:], text, bias, written, prefix)
-    with pytest.raises(ValueError, match="memory strength it was made with"):
+    with pytest.raises(ValueError, match="strengths it was made with"):
         model(x[:, :, split:], t[:, split:], text, bias, state, prefix, memory_strength=0.5)
-    with pytest.raises(ValueError, match="memory strength it was made with"):
+    with pytest.raises(ValueError, match="strengths it was made with"):
+        model(x[:, :, split:], t[:, split:], text, bias, state, prefix, recall_strength=0.5)
+    with pytest.raises(ValueError, match="strengths it was made with"):
         model.write(state, x[:, :, :split], text, bias, seen=prefix, memory_strength=0.5)
 
 

@@ -114,18 +114,43 @@ def test_memory_strength_scales_every_read_and_zero_reads_nothing(mode, recall):
     def written(net, strength):
         state = net.initial_state(2)
         for seed in (1, 2, 3):
-            state = net.write(state, chunk_of(model.cfg, seed), text, bias, noise=noise, memory_strength=strength)
+            state = net.write(state, chunk_of(model.cfg, seed), text, bias, noise=noise, memory_strength=strength,
+                              recall_strength=strength)
         return state
 
     state = written(model, 1.0)
     full = model(x, t, text, bias, state)
     assert torch.equal(model(x, t, text, bias, state, memory_strength=1.0), full)
-    # At 0 neither the window's passes nor the write passes read anything: the model with its read gates shut.
-    assert torch.allclose(model(x, t, text, bias, written(model, 0.0), memory_strength=0.0),
+    # At 0 (both strengths) neither the window's passes nor the write passes read anything: the model with its
+    # read gates shut.
+    assert torch.allclose(model(x, t, text, bias, written(model, 0.0), memory_strength=0.0, recall_strength=0.0),
                           shut(x, t, text, bias, written(shut, 1.0)), atol=1e-6, rtol=0)
     half = model(x, t, text, bias, state, memory_strength=0.5)
     assert (half - full).abs().max() > 1e-3
-    assert (half - model(x, t, text, bias, state, memory_strength=0.0)).abs().max() > 1e-3
+    assert (half - model(x, t, text, bias, state, memory_strength=0.0, recall_strength=0.0)).abs().max() > 1e-3
+
+
+@torch.no_grad()
+def test_recall_strength_scales_the_recalled_chunks_read_alone():
+    """The sampler can read the recalled chunks at another strength than the slots: at recall strength 0 the
+    model is the one with its recall gates shut, whatever the slots give; at 0 for both it reads nothing."""
+    mode, recall = "malt", MEMORIES[MEMORY_IDS.index("malt-recall")][1]
+    model = randomise(denoiser(mode, recall))
+    no_recall = denoiser(mode, recall)
+    no_recall.load_state_dict(model.state_dict())
+    for block in no_recall.blocks:
+        block.malt.recall_gate.zero_()
+    x, t, text, bias = denoiser_inputs(model.cfg, chunks=2)
+    state = model.initial_state(2)
+    for seed in (1, 2, 3):
+        state = model.write(state, chunk_of(model.cfg, seed), text, bias, noise=chunk_of(model.cfg, 99))
+    full = model(x, t, text, bias, state)
+    assert torch.allclose(model(x, t, text, bias, state, recall_strength=0.0),
+                          no_recall(x, t, text, bias, state), atol=1e-6, rtol=0)
+    assert (model(x, t, text, bias, state, recall_strength=0.0) - full).abs().max() > 1e-3
+    slots_half = model(x, t, text, bias, state, memory_strength=0.5)
+    assert (slots_half - full).abs().max() > 1e-3
+    assert (model(x, t, text, bias, state, memory_strength=0.5, recall_strength=0.5) - slots_half).abs().max() > 1e-3
 
 
 @functools.cache  # the memoryless baseline serves every mode

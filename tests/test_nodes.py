@@ -89,11 +89,12 @@ def test_the_sampler_node_defaults_are_the_librarys():
     sampler = NODE_CLASS_MAPPINGS["LongTakeProgressiveSampler"]
     assert sampler().settings(**defaults)[0] == SamplerSettings()
     # A workflow written before the optional inputs: validated and run without them, at the library's defaults.
-    del defaults["memory_strength"], defaults["guidance_parallel"]
+    del defaults["memory_strength"], defaults["guidance_parallel"], defaults["recall_strength"]
     assert sampler.VALIDATE_INPUTS(**defaults) is True
     assert sampler().settings(**defaults)[0] == SamplerSettings()
     assert "memory_strength is 3.0" in sampler.VALIDATE_INPUTS(**defaults, memory_strength=3.0)
     assert "guidance_parallel is 1.5" in sampler.VALIDATE_INPUTS(**defaults, guidance_parallel=1.5)
+    assert "recall_strength is 3.0" in sampler.VALIDATE_INPUTS(**defaults, recall_strength=3.0)
 
 
 def test_bad_values_get_messages_an_artist_understands(comfy_env, tmp_path):

@@ -20,7 +20,7 @@ CORE_NODES = {  # the core nodes our workflows use: widgets in order (UI-only on
 }
 
 
-def _pack(model="1", sampler=("progressive", 20, 4, 1, 1.0, 3.0, 0, 0.5, 1.0), memory=("fresh", "")):
+def _pack(model="1", sampler=("progressive", 20, 4, 1, 1.0, 3.0, 0, 0.5, 1.0, 1.0), memory=("fresh", "")):
     """Load, Memory State and Sampler: the three nodes every workflow starts with."""
     return {
         "1": ((40, 60), "LongTakeLoadModel", {"checkpoint": BUNDLED, "device": "auto",
@@ -28,7 +28,7 @@ def _pack(model="1", sampler=("progressive", 20, 4, 1, 1.0, 3.0, 0, 0.5, 1.0), m
         "2": ((40, 260), "LongTakeMemoryState", {"model": [model, 0], "start_from": memory[0], "save_as": memory[1]}),
         "3": ((40, 440), "LongTakeProgressiveSampler", dict(zip(
             ("mode", "steps", "window_chunks", "overlap", "shift", "guidance", "seed", "memory_strength",
-             "guidance_parallel"), sampler))),
+             "guidance_parallel", "recall_strength"), sampler))),
     }
 
 
@@ -53,7 +53,7 @@ GRAPHS = {
     "prompt_schedule": (
         "A one-minute story in three prompts: each 'SECONDS: prompt' line starts a new part, and the change fades "
         "in over blend_seconds.\nMemory carries the scene across the changes; the mp4 goes to output/LongTake/.",
-        {**_pack(sampler=("progressive", 20, 4, 1, 1.0, 3.0, 7, 0.5, 1.0)),
+        {**_pack(sampler=("progressive", 20, 4, 1, 1.0, 3.0, 7, 0.5, 1.0, 1.0)),
          **_loop_and_decode("0: a red ball bouncing on a black background\n"
                             "20: a red ball moving left on a black background\n"
                             "40: a red ball and a yellow square bouncing on a black background", 60.0,
