@@ -490,7 +490,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, help="random seed (default 0)")
     gen.add_argument("--context-noise", type=float, help="level clean context chunks are noised to (default 0.05)")
     gen.add_argument("--memory-strength", type=float,
-                     help="factor on what the model reads from its memory: 1 as trained, 0 not at all (default 0.5)")
+                     help="factor on what the model reads from its memory slots (or LSTM state): 1 as trained, 0 "
+                          "not at all (default 0.5); its last written chunks are read at --recall-strength")
     gen.add_argument("--recall-strength", type=float,
                      help="factor on what a model trained with --recall-chunks reads from its last written chunks: "
                           "1 as trained, 0 not at all (default 1)")

@@ -153,10 +153,8 @@ def read_gain(model, scenes_per_prompt: int = 20, prompts=PROMPTS, progress=prin
             memories = {slot: written[front] for slot, front in fronts.items()}
             windows = {slot: latents[:, :, front * chunk:(front + 1 + noisy_chunks) * chunk]
                        for slot, front in fronts.items()}
-            vae = model.config.vae
             returning = {slot: latent_mask(coming_back(scene, front * fpc, window_frames, front * fpc + fpc - 1),
-                                           vae.time_factor, vae.space_factor)[chunk:]
-                         for slot, front in fronts.items()}
+                                           model.config.vae)[chunk:] for slot, front in fronts.items()}
             cases.append((memories, windows, returning))
         for index, (memories, windows, returning) in enumerate(cases if len(cases) > 1 else []):
             other = cases[index - 1][0]  # the scene before it (the last for the first): the same prompt

@@ -768,7 +768,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="share of guidance's push kept along the model's own estimate, 1 for plain "
                              "classifier-free guidance (default: the sampler's default)")
     parser.add_argument("--memory-strength", type=float,
-                        help="factor on what the model reads from memory (default: the sampler's default)")
+                        help="factor on what the model reads from its memory slots (default: the sampler's default)")
     parser.add_argument("--recall-strength", type=float,
                         help="factor on what a model trained with recalled chunks reads from them (default: the "
                              "sampler's default)")

@@ -194,7 +194,8 @@ class LongTakeProgressiveSampler:
             "memory_strength": ("FLOAT", {
                 "default": MEMORY_STRENGTH, "min": 0.0, "max": MAX_MEMORY_STRENGTH, "step": 0.05,
                 "tooltip": "How much the model reads from its memory of what left the view: 1 as trained, 0 not "
-                           "at all. The demo model keeps its objects best at 0.5."}),
+                           "at all. The demo model keeps its objects best at 0.5. (Its last few chunks, kept "
+                           "as they were, are read at recall_strength.)"}),
             "guidance_parallel": ("FLOAT", {
                 "default": GUIDANCE_PARALLEL, "min": 0.0, "max": 1.0, "step": 0.05,
                 "tooltip": "How much of guidance's push may make what the model draws anyway stronger: 1 is "

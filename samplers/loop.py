@@ -550,8 +550,10 @@ def load_state(path, model: LongTakeModel) -> GenerationState:
     decoder = {k[len("decoder."):]: v for k, v in tensors.items() if k.startswith("decoder.")} or None
     boundary = Boundary(window, memory, decoder, tensors.get("pending"), meta["chunks_done"], meta["frames_done"],
                         tensors.get("recent"), meta.get("skip", 0))
-    # States saved before a setting existed ran as it was then: memory read at full strength, plain guidance.
-    settings = {"memory_strength": 1.0, "recall_strength": 1.0, "guidance_parallel": 1.0, **meta["settings"]}
+    # States saved before a setting existed ran as it was then: memory read at full strength, plain guidance,
+    # and the recalled chunks read at the memory's strength.
+    settings = {"memory_strength": 1.0, "guidance_parallel": 1.0, **meta["settings"]}
+    settings.setdefault("recall_strength", settings["memory_strength"])
     return GenerationState(SamplerSettings(**settings), boundary, meta["model"])
 
 

@@ -146,6 +146,8 @@ def test_a_prefix_is_refused_with_another_memory_state_or_strength():
         model(x[:, :, split:], t[:, split:], text, bias, state, prefix, recall_strength=0.5)
     with pytest.raises(ValueError, match="strengths it was made with"):
         model.write(state, x[:, :, :split], text, bias, seen=prefix, memory_strength=0.5)
+    with pytest.raises(ValueError, match="strengths it was made with"):
+        model.write(state, x[:, :, :split], text, bias, seen=prefix, recall_strength=0.5)
 
 
 def textbook_attention(q, k, v, q_gain, k_gain, mask=None, turn=None):

@@ -58,6 +58,7 @@ def test_resumed_run_continues_with_exactly_the_same_frames(model, tmp_path, mod
 
 
 def test_a_state_saved_before_memory_strength_and_guidance_parallel_resumes_as_it_was_made(model, tmp_path):
+    """And one saved before recall_strength reads its recalled chunks at the memory's strength, as it did."""
     import json
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
@@ -71,10 +72,15 @@ def test_a_state_saved_before_memory_strength_and_guidance_parallel_resumes_as_i
     generation = json.loads(metadata["generation"])
     assert generation["settings"].pop("memory_strength") == 0.5
     assert generation["settings"].pop("guidance_parallel") == 0.5
+    assert generation["settings"].pop("recall_strength") == 1.0
     save_file(load_file(str(tmp_path / "state.safetensors")), str(tmp_path / "older.safetensors"),
               metadata=dict(metadata, generation=json.dumps(generation)))
     older = load_state(tmp_path / "older.safetensors", model).settings
     assert older.memory_strength == 1.0 and older.guidance_parallel == 1.0  # what made them
+    generation["settings"]["memory_strength"] = 0.25
+    save_file(load_file(str(tmp_path / "state.safetensors")), str(tmp_path / "older.safetensors"),
+              metadata=dict(metadata, generation=json.dumps(generation)))
+    assert load_state(tmp_path / "older.safetensors", model).settings.recall_strength == 0.25
 
 
 def test_drained_end_matches_the_resumable_end(model):
@@ -410,6 +416,27 @@ def test_memory_strength_zero_makes_the_frames_of_the_model_with_its_reads_shut(
     settings = SamplerSettings(mode=mode, steps=4, window_chunks=2, context_noise=context_noise)
     unread = all_frames(LongVideo(model, "a red ball", seconds=2, fps=12,
                                   settings=replace(settings, memory_strength=0.0)))
+    assert (unread - all_frames(LongVideo(shut, "a red ball", seconds=2, fps=12, settings=settings))).abs().max() <= 1e-5
+    assert (unread - all_frames(LongVideo(model, "a red ball", seconds=2, fps=12, settings=settings))).abs().max() > 1e-3
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("context_noise", [0.0, 0.05])
+def test_recall_strength_zero_makes_the_frames_of_the_model_with_its_recall_shut(context_noise):
+    """A model that recalls its last chunks reads them at the sampler's recall strength in every pass, the
+    writes among them, apart from the memory strength, which stays on the slots."""
+    def recalling():
+        torch.manual_seed(0)
+        config = small_model_config("malt")
+        config = config.replace(denoiser=replace(config.denoiser, recall_chunks=2))
+        return randomise(LongTakeModel(config), scale=0.15).eval()
+
+    model, shut = recalling(), recalling()
+    for block in shut.denoiser.blocks:
+        block.malt.recall_gate.zero_()
+    settings = SamplerSettings(steps=4, window_chunks=2, context_noise=context_noise, memory_strength=0.7)
+    unread = all_frames(LongVideo(model, "a red ball", seconds=2, fps=12,
+                                  settings=replace(settings, recall_strength=0.0)))
     assert (unread - all_frames(LongVideo(shut, "a red ball", seconds=2, fps=12, settings=settings))).abs().max() <= 1e-5
     assert (unread - all_frames(LongVideo(model, "a red ball", seconds=2, fps=12, settings=settings))).abs().max() > 1e-3
 

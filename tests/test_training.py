@@ -268,13 +268,19 @@ def test_pillar_videos_give_occlusion_windows_where_the_main_cache_has_no_return
 
     def spy(self, prefix, window, levels, prompts, has_front, *rest, **options):
         seen.append((has_front, prefix.shape[2], prompts))
+        coming_back = rest[5]  # after grad_writes, remade, object_weight, remade_steps, remade_guidance
+        if has_front:  # the returning object's latents, the window's shape, there after the front alone
+            chunk = self.model.config.denoiser.chunk_frames
+            assert coming_back.shape == window.shape[:1] + window.shape[2:]
+            assert not coming_back[:, :chunk].any() and coming_back[:, chunk:].flatten(1).any(1).all()
         return forward(self, prefix, window, levels, prompts, has_front, *rest, **options)
 
     monkeypatch.setattr(WindowLoss, "forward", spy)
     monkeypatch.setattr(train_denoiser_module, "text_gain", lambda *args: 0.0)
     vae, vae_config, record = load_trained_vae(trained_vae[0])
     config = small_model_config().replace(vae=vae_config, text=TextConfig(vocab=VOCAB, width=32, depth=1, heads=2))
-    settings = DenoiserTraining(steps=8, **dict(TINY_DENOISER, occlusion_share=1.0, pillar_videos=2, text_dropout=0.0))
+    settings = DenoiserTraining(steps=8, **dict(TINY_DENOISER, occlusion_share=1.0, pillar_videos=2, text_dropout=0.0,
+                                                return_weight=5.0, recolor_returns=True))
     assert not any(DemoWorld(seed=0).reappearances(i, 96) for i in range(settings.videos))
     train_denoiser(config, vae.state_dict(), DemoWorld(seed=0), tmp_path, settings, {"vae": record})
     pillar_latents, reappear = load_latents(tmp_path / "pillar_latents.safetensors")
@@ -725,20 +731,20 @@ def test_coming_back_marks_the_latents_of_the_object_out_from_behind_the_pillar(
     """The mask the return weight rests on: in a demo-world occlusion window it holds the returning object
     once it is out (a few latents a frame, none of the pillar's columns while the object is behind it), and
     nothing in a window where no object is hidden at the front's last frame."""
+    from longtake.memory.config import VAEConfig
     from longtake.training.train_denoiser import latent_mask
     source = DemoWorld(seed=3, pillars=True)
     fpc = 8
-    for video in range(40):
-        back = source.reappearances(video, 24 * fpc)
-        if back and back[0] >= 2 * fpc:
-            break
+    video, back = next((i, back) for i in range(40) for back in [source.reappearances(i, 24 * fpc)]
+                       if back and back[0] >= 2 * fpc)
     first = back[0] // fpc * fpc - 2 * fpc   # the front two chunks before the return chunk
-    mask = latent_mask(source.coming_back(video, first, 5 * fpc, first + fpc - 1), 4, 8)
+    vae = VAEConfig(time_factor=4, space_factor=8)
+    mask = latent_mask(source.coming_back(video, first, 5 * fpc, first + fpc - 1), vae)
     assert mask.shape == (10, 8, 8)
     per_frame = mask.flatten(1).sum(1)
     assert per_frame[:4].sum() == 0               # hidden through the front and the chunk after it
     assert 1 <= per_frame[-1] <= 6                # out: a 10 px object covers a few latents
-    visible = latent_mask(source.coming_back(video, back[0] + 2 * fpc, 5 * fpc, back[0] + 2 * fpc), 4, 8)
+    visible = latent_mask(source.coming_back(video, back[0] + 2 * fpc, 5 * fpc, back[0] + 2 * fpc), vae)
     assert not visible.any()                      # none hidden at that front: nothing is coming back
 
 

@@ -30,7 +30,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..memory.checkpoint import save_checkpoint
-from ..memory.config import ModelConfig
+from ..memory.config import ModelConfig, VAEConfig
 from ..memory.model import LongTakeModel
 from ..samplers.loop import config_fingerprint, guide, stack
 from ..samplers.schedule import euler_step, warp
@@ -201,11 +201,12 @@ def foreground_distance(window: torch.Tensor) -> torch.Tensor:
 COVERED = 0.05  # share of a latent's pixels an object must cover for the latent to count as showing it
 
 
-def latent_mask(pixels: np.ndarray, time_factor: int, space_factor: int) -> torch.Tensor:
-    """bool `[T / time_factor, H / space_factor, W / space_factor]`: the latents whose frames and pixels are
-    over COVERED marked in `pixels [T, H, W]` (a latent stands for its `time_factor` frames, as the causal
-    encoder reads them). The returning object is 10 px: a latent it grazes by a corner does not show it."""
-    t, h, w = pixels.shape
+def latent_mask(pixels: np.ndarray, vae: VAEConfig) -> torch.Tensor:
+    """bool `[T / time_factor, H / space_factor, W / space_factor]` (the VAE's factors): the latents whose
+    frames and pixels are over COVERED marked in `pixels [T, H, W]` (a latent stands for its `time_factor`
+    frames, as the causal encoder reads them). The returning object is 10 px: a latent it grazes by a corner
+    does not show it."""
+    (t, h, w), time_factor, space_factor = pixels.shape, vae.time_factor, vae.space_factor
     blocks = pixels.reshape(t // time_factor, time_factor, h // space_factor, space_factor, w // space_factor,
                             space_factor)
     return torch.from_numpy(blocks.mean(axis=(1, 3, 5)) > COVERED)
@@ -314,7 +315,8 @@ class WindowLoss(torch.nn.Module):
         drifts). Shown its own chunks with the true continuation as the target, it learns to repair them.
         One step from a low level is the cheapest such chunk; many steps from pure noise at the sampler's
         guidance are the chunks sampling really shows it. Rows at level 0 keep the truth. The memory is read at
-        full strength, as everywhere in training: the sampler's `memory_strength` corrects a trained model."""
+        full strength, as everywhere in training: the sampler's `memory_strength` and `recall_strength` correct a
+        trained model."""
         denoiser, batch, frames = self.model.denoiser, front.shape[0], front.shape[2]
         s = levels[:, None, None, None, None]
         x = (1 - s) * front + s * torch.randn_like(front)
@@ -454,19 +456,20 @@ def train_denoiser(config: ModelConfig, vae_state: dict, source, out: Path, sett
                 # The front chunk's last frame: every object hidden there is coming back in the window.
                 window_start = [(o + prefix_chunks) * fpc for o in offsets]
                 coming_back = torch.stack([latent_mask(
-                    occlusion_source.coming_back(v, first, (1 + k) * fpc, first + fpc - 1),
-                    config.vae.time_factor, config.vae.space_factor) for v, first in zip(videos, window_start)])
+                    occlusion_source.coming_back(v, first, (1 + k) * fpc, first + fpc - 1), config.vae)
+                    for v, first in zip(videos, window_start)])
             if settings.occlusion_grad_writes is not None:
                 grad_writes = settings.occlusion_grad_writes
         else:
             videos = [rng.randrange(latents.shape[0]) for _ in range(settings.batch)]
             offsets = [0 if not has_front else rng.randrange(settings.video_chunks - span + 1) for _ in videos]
         clips = torch.stack([drawn_from[v, :, o * chunk:(o + span) * chunk] for v, o in zip(videos, offsets)])
-        if has_front and drifted and drawn_from is latents:
+        if has_front and drifted and drawn_from is latents and coming_back is None:
             # The same chunks of the same video, its objects drawn drifted, up to the front: what is written into
             # memory and what the window starts from drift alike, as in sampling; the target is the truth, after
-            # the easing chunks when there are any. (These draws shift every later one: a run with a share
-            # repeats itself, not a run without.)
+            # the easing chunks when there are any. Not where the returning object is weighed: its mask is of
+            # the true render. (These draws shift every later one: a run with a share repeats itself, not a run
+            # without.)
             shown = torch.tensor([rng.random() < settings.drifted_share for _ in videos])[:, None, None, None, None]
             for j, cache in enumerate(drifted):
                 part = slice(0, (prefix_chunks + 1) * chunk) if j == 0 else \
