@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduce the shipped demo model (models/demo.safetensors) by running every stage of its lineage again, each
-# with the code of the commit it ran at, in order. About 13.5 hours on a 2-core CPU; stop it at any time and
+# with the code of the commit it ran at, in order. About 12.3 hours on a 2-core CPU; stop it at any time and
 # run the same command again to go on (a finished stage is skipped, a training stage resumes from its state).
 #
 #   bash training/reproduce_demo.sh OUT [FIRST_STAGE]
@@ -38,7 +38,6 @@ STAGES=(
   "11 5aa8f14 ship train vae --out runs/ease_seam --init runs/ease2/model.safetensors --decoder-only --vae-steps 1000 --vae-lr 3e-4 --tint-noise 0.1 --seam-weight 1 --ship"
   "12 1270720 no   train denoiser --out runs/more --init models/demo.safetensors --lr 1e-4 --denoiser-steps 6000 --drifted-share 0.75 --drift-easing 2"
   "13 7e33236 ship train average --out runs/more --init models/demo.safetensors --ship"
-  "14 4975a9c ship train denoiser --out runs/own --init models/demo.safetensors --recall-chunks 12 --fresh-lr 1e-3 --lr 1e-4 --denoiser-steps 2500 --pillar-videos 1500 --occlusion-share 0.5 --return-weight 10 --recolor-returns"
 )
 
 git -C "$repo" rev-parse --verify --quiet 7e33236^{commit} >/dev/null || {
