@@ -194,8 +194,8 @@ class LongTakeProgressiveSampler:
             "memory_strength": ("FLOAT", {
                 "default": MEMORY_STRENGTH, "min": 0.0, "max": MAX_MEMORY_STRENGTH, "step": 0.05,
                 "tooltip": "How much the model reads from its memory of what left the view: 1 as trained, 0 not "
-                           "at all. The demo model keeps its objects best at 0.5. (Its last few chunks, kept "
-                           "as they were, are read at recall_strength.)"}),
+                           "at all. The demo model keeps its objects best at 0.5. (A model that also keeps its "
+                           "last few chunks as they were reads them at recall_strength.)"}),
             "guidance_parallel": ("FLOAT", {
                 "default": GUIDANCE_PARALLEL, "min": 0.0, "max": 1.0, "step": 0.05,
                 "tooltip": "How much of guidance's push may make what the model draws anyway stronger: 1 is "
@@ -203,9 +203,9 @@ class LongTakeProgressiveSampler:
                            "seconds of two-object scenes, and over a minute can lose the background elsewhere."}),
             "recall_strength": ("FLOAT", {
                 "default": RECALL_STRENGTH, "min": 0.0, "max": MAX_MEMORY_STRENGTH, "step": 0.05,
-                "tooltip": "How much a model trained to recall its last chunks reads from them (the demo model "
-                           "is): 1 as trained, 0 not at all. It is how an object that went behind something "
-                           "comes back in its own color."}),
+                "tooltip": "How much a model trained to recall its last few chunks reads from them (a model "
+                           "without that read ignores it): 1 as trained, 0 not at all. It is how such a model "
+                           "brings an object that went behind something back in its own color."}),
         }}
 
     @classmethod

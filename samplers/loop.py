@@ -61,8 +61,8 @@ class SamplerSettings:
     # objects fade; read at half strength they stay (the README's quality table gives the figures).
     memory_strength: float = 0.5
     # The same for the read of the last written chunks, kept as they were (a model trained with
-    # `recall_chunks`; others have no such read). It does not make objects fade, and at full strength the demo
-    # model brings a hidden object back in its color far more often than at half (the README's figures).
+    # `recall_chunks`; others have no such read). At full strength such a model brought a hidden object back in
+    # its color in half its returns, at half strength in a fifth (docs/demo_model.md, runs/own).
     recall_strength: float = 1.0
 
     def check(self) -> None:
