@@ -212,7 +212,7 @@ def test_recall_holds_the_last_chunks_written_and_nothing_older():
         state = model.initial_state(2)
         for seed in seeds:
             state = model.write(state, chunk_of(model.cfg, seed), text, bias, noise=chunk_of(model.cfg, 99),
-                                memory_strength=0.0)
+                                memory_strength=0.0, recall_strength=0.0)
         return state, model(x, t, text, bias, state)
 
     (state, a), (other_state, older_differs) = after_writes([1, 2, 3]), after_writes([4, 2, 3])
