@@ -11,11 +11,11 @@ seeds and is scored on the rest: well above the commonest color's share means th
 
 The read is asked apart from sampling too (`read_gain`): the same scenes' world chunks written up to a window
 whose clean front shows the pillar alone and whose noisy chunks, at a high noise level, hold the chunk in
-which the object comes back. The denoiser's error on the latents of the returning object (those its own pixels cover, from the
-world's render) is taken with the
-scene's own memory, with the memory of another scene of the same prompt (same background and pillar, another
-object color and path), and with none. A model that reads where and in which color the object comes back
-errs less with its own memory than with the others; one that ignores its memory errs alike with all three.
+which the object comes back. The denoiser's error on the latents of the returning object (those its own
+pixels cover, from the world's render) is taken with the scene's own memory, with the memory of another scene
+of the same prompt (same background and pillar, another object color and path), and with none. A model that
+reads where and in which color the object comes back errs less with its own memory than with the others; one
+that ignores its memory errs alike with all three.
 """
 from __future__ import annotations
 

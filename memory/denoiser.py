@@ -466,8 +466,9 @@ class Denoiser(nn.Module):
         attention its mask.
         `state`: the memory, as from `initial_state` or `write`; it is only read here.
         `prefix`: the window's first chunks, run once by `prefix`; `x` is then the rest of the window.
-        `memory_strength`: the factor on what every layer's memory read adds (1: as trained, 0: nothing);
-        `recall_strength`: the same for the read of the recalled chunks (MALT with `recall_chunks`).
+        `memory_strength`: the factor on what every layer's read of its MALT slots or LSTM state adds (1: as
+        trained, 0: nothing); `recall_strength`: the same for the read of the recalled chunks (MALT with
+        `recall_chunks`).
         The velocity is float32 whatever dtype the model computes in, so samplers step in float32.
         """
         return self._run(x, t, text, text_bias, state, prefix, memory_strength, recall_strength)[0].float()
